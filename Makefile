@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 export OMP_NUM_THREADS ?= 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-BOOK_SRC := $(shell find book -maxdepth 1 -type f \( -name '*.md' -o -name '*.yml' -o -name '*.bib' -o -name '*.png' \)) \
+BOOK_DIR ?= book
+BOOK_SRC := $(shell find $(BOOK_DIR) -maxdepth 1 -type f \( -name '*.md' -o -name '*.yml' -o -name '*.bib' -o -name '*.png' \)) \
             $(shell find src/dlmi -name '*.py')
 LAB_SRC := $(shell find solutions autograder -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
@@ -23,9 +24,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-book: book/_build/html/index.html
-book/_build/html/index.html: $(VENV)/.installed $(BOOK_SRC)
-	$(BIN)/jupyter-book build book --all -W --keep-going
+# Strict: any cell error or Sphinx warning fails the build; --all re-reads unchanged pages.
+book: $(BOOK_DIR)/_build/html/index.html
+$(BOOK_DIR)/_build/html/index.html: $(VENV)/.installed $(BOOK_SRC)
+	$(BIN)/jupyter-book build $(BOOK_DIR) --all -W --keep-going
 	touch $@
 
 labs: labs/.released

@@ -1,0 +1,102 @@
+"""The book: strict builds fail loudly, and the built site holds every page, executed."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BOOK = ROOT / "book"
+HTML = BOOK / "_build" / "html"
+HEADER = """---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+"""
+
+
+def toc_files() -> list[str]:
+    toc = yaml.safe_load((BOOK / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        files += [c["file"] for c in part["chapters"]]
+    return files
+
+
+def make_book(tmp_path: Path, page: str) -> subprocess.CompletedProcess:
+    """Build a two-page copy of the book with the real config through `make book`."""
+    book = tmp_path / "book"
+    book.mkdir()
+    for name in ("_config.yml", "references.bib"):
+        shutil.copy(BOOK / name, book)
+    (book / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: page\n")
+    (book / "intro.md").write_text("# Intro\n\nA tiny book.\n")
+    (book / "page.md").write_text(HEADER + page)
+    return subprocess.run(["make", "-C", str(ROOT), "book", f"BOOK_DIR={book}"],
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_cell_error_fails_the_build_and_names_page_and_cell(tmp_path):
+    result = make_book(tmp_path, "# Page\n\n```{code-cell} ipython3\nx = 1\n```\n\n"
+                                 "```{code-cell} ipython3\nraise ZeroDivisionError('deliberately broken')\n```\n")
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "page.md: WARNING: Executing notebook failed" in log
+    assert "raise ZeroDivisionError('deliberately broken')" in log, "the failing cell is shown"
+
+
+@pytest.mark.slow
+def test_sphinx_warning_fails_the_build(tmp_path):
+    result = make_book(tmp_path, "# Page\n\nSee {doc}`no-such-page`.\n")
+    assert result.returncode != 0
+    assert "unknown document" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_clean_page_builds(tmp_path):
+    result = make_book(tmp_path, "# Page\n\n```{code-cell} ipython3\nprint(6 * 7)\n```\n")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "42" in (tmp_path / "book" / "_build" / "html" / "page.html").read_text()
+
+
+def test_every_toc_page_is_built_and_executed():
+    """`make test` builds the book first; every page in the TOC must be in the site."""
+    assert HTML.joinpath("index.html").exists(), "run `make book` first"
+    for name in toc_files():
+        html = (HTML / f"{name}.html").read_text()
+        assert "Traceback (most recent call last)" not in html, f"{name} shows a traceback"
+        source = (BOOK / f"{name}.md").read_text()
+        if "{code-cell}" in source:
+            assert "cell_output" in html, f"{name} has code cells but no outputs"
+
+
+def test_chapters_are_numbered_in_lecture_order():
+    chapters = [f for f in toc_files() if re.match(r"\d\d-", f)]
+    assert chapters == sorted(chapters) and chapters[0].startswith("01-")
+    for name in chapters:
+        assert (BOOK / f"{name}.md").read_text().startswith(HEADER.split("kernelspec")[0]), \
+            f"{name}.md needs the jupytext MyST header to be executed"
+
+
+def test_every_cited_key_is_in_the_bibliography():
+    keys = set(re.findall(r"@\w+\{(\w+),", (BOOK / "references.bib").read_text()))
+    for page in BOOK.glob("*.md"):
+        for group in re.findall(r"\{cite[pt]?\}`([^`]+)`", page.read_text()):
+            for key in group.split(","):
+                assert key.strip() in keys, f"{page.name} cites unknown {key}"
+    for paper in ["LeCun1989", "Krizhevsky2012", "Simonyan2015", "Szegedy2015", "He2016", "Howard2017",
+                  "Ronneberger2015", "Yu2016", "Chen2017", "Ren2015", "Redmon2016", "Lin2017", "He2017",
+                  "Balakrishnan2018", "Balakrishnan2019", "Isensee2021", "Yang2023", "Ciompi2015",
+                  "Gulshan2016", "Esteva2017", "Mobadersany2018", "Novikov2018"]:
+        assert paper in keys

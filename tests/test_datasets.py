@@ -1,0 +1,187 @@
+"""The MedMNIST data layer: modes, the stand-in's format, learnability and error cases."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import medmnist
+import numpy as np
+import pytest
+import torch
+from medmnist.info import INFO
+
+import dlmi
+from dlmi import datasets, standin
+from dlmi.train import accuracy, fit, predict
+
+
+def write_fake_real(root: Path, flag: str = "breastmnist") -> Path:
+    """A file in the real format with the real split sizes (test data, not a download)."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in INFO[flag]["n_samples"].items():
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = rng.integers(0, 2, (n, 1), dtype=np.uint8)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"{flag}.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("flag", dlmi.FLAGS_2D)
+def test_standin_matches_medmnist_format(flag, data_dir, offline):
+    ds = dlmi.load_medmnist(flag, "train", mode="synthetic")
+    info = INFO[flag]
+    assert ds.data_mode == "synthetic"
+    assert Path(ds.root) == data_dir / "synthetic", "stand-in must live apart from real files"
+    with np.load(Path(ds.root) / f"{flag}_synthetic.npz") as npz:
+        assert sorted(npz.files) == sorted(f"{s}_{k}" for s in standin.SPLITS for k in ("images", "labels"))
+        for split in standin.SPLITS:
+            images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
+            assert images.dtype == np.uint8 and labels.dtype == np.uint8
+            expected = (28, 28, 3) if info["n_channels"] == 3 else (28, 28)
+            assert images.shape[1:] == expected
+            n_labels = len(info["label"])
+            if info["task"].startswith("multi-label"):
+                assert labels.shape == (len(images), n_labels) and set(np.unique(labels)) <= {0, 1}
+            else:
+                assert labels.shape == (len(images), 1)
+                assert labels.max() < n_labels
+                assert len(np.unique(labels)) == n_labels, "every class must occur"
+    assert len(ds) == INFO[f"{flag}_synthetic"]["n_samples"]["train"]
+    image, label = ds[0]
+    assert image.shape == (info["n_channels"], 28, 28) and image.dtype == torch.float32
+
+
+@pytest.mark.parametrize("size", [64, 128, 224])
+def test_standin_larger_sizes(size, data_dir, offline):
+    x, y = dlmi.load_medmnist_tensors("pneumoniamnist", "val", size=size, mode="synthetic")
+    assert x.shape[1:] == (1, size, size)
+    assert (data_dir / "synthetic" / f"pneumoniamnist_synthetic_{size}.npz").exists()
+
+
+def test_standin_is_deterministic(data_dir, offline):
+    a = standin.make_standin(INFO["dermamnist"], 28, 0.01, seed=3)
+    b = standin.make_standin(INFO["dermamnist"], 28, 0.01, seed=3)
+    c = standin.make_standin(INFO["dermamnist"], 28, 0.01, seed=4)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["train_images"], c["train_images"])
+
+
+def test_standin_fraction_scales_split_sizes(data_dir, offline):
+    small = standin.split_sizes(INFO["pathmnist"], 0.01, 28)
+    large = standin.split_sizes(INFO["pathmnist"], 0.1, 28)
+    assert large["train"] == round(INFO["pathmnist"]["n_samples"]["train"] * 0.1)
+    assert small["train"] < large["train"]
+
+
+def test_medmnist_evaluator_and_montage_work_on_standin(data_dir, offline):
+    ds = dlmi.load_medmnist("bloodmnist", "test", mode="synthetic")
+    evaluator = medmnist.Evaluator("bloodmnist_synthetic", "test", root=ds.root)
+    scores = np.eye(8)[ds.labels[:, 0]]
+    auc, acc = evaluator.evaluate(scores)
+    assert acc == 1.0 and auc == 1.0
+    assert ds.montage(length=3).size == (3 * 28, 3 * 28)
+
+
+def test_standin_is_learnable(data_dir, offline):
+    """A tiny CNN beats chance clearly within a few seconds of training."""
+    dlmi.seed_everything(0)
+    x, y = dlmi.load_medmnist_tensors("pathmnist", "train", mode="synthetic", fraction=0.03)
+    xt, yt = dlmi.load_medmnist_tensors("pathmnist", "test", mode="synthetic", fraction=0.03)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(32 * 7 * 7, 9))
+    fit(model, x, y, epochs=4, lr=2e-3, batch_size=64, device=torch.device("cpu"))
+    acc = accuracy(predict(model, xt), yt)
+    assert acc > 3 / 9, f"accuracy {acc:.2f} is not clearly above chance (0.11)"
+
+
+def test_auto_falls_back_loudly_when_offline(data_dir, offline, capsys):
+    datasets._noticed.clear()
+    ds = dlmi.load_medmnist("breastmnist", "train", mode="auto")
+    assert ds.data_mode == "synthetic"
+    err = capsys.readouterr().err
+    assert "SYNTHETIC" in err and "breastmnist" in err and len(err.strip().splitlines()) == 1
+    assert not (data_dir / "breastmnist.npz").exists()
+    assert not [p for p in data_dir.iterdir() if p.name.startswith(".download")], "no partial download left"
+
+
+def test_env_selects_mode(data_dir, offline, monkeypatch):
+    monkeypatch.setenv("DLMI_DATA", "synthetic")
+    assert dlmi.resolve_mode("organamnist") == "synthetic"
+    monkeypatch.setenv("DLMI_DATA", "real")
+    with pytest.raises(dlmi.DataUnavailableError):
+        dlmi.resolve_mode("organamnist")
+
+
+def test_real_mode_offline_is_an_error_not_a_standin(data_dir, offline):
+    with pytest.raises(dlmi.DataUnavailableError, match="mode='synthetic'"):
+        dlmi.load_medmnist("pneumoniamnist", "train", mode="real")
+    assert not (data_dir / "synthetic").exists(), "real mode must never make a stand-in"
+    assert list(data_dir.glob("*.npz")) == []
+
+
+def test_real_file_is_used_through_medmnist(data_dir, offline):
+    write_fake_real(data_dir)
+    ds = dlmi.load_medmnist("breastmnist", "val", mode="real")
+    assert ds.data_mode == "real" and type(ds) is medmnist.BreastMNIST and len(ds) == 78
+    x, y = dlmi.load_medmnist_tensors("breastmnist", "val", mode="auto")
+    assert x.shape == (78, 1, 28, 28) and y.dtype == torch.int64
+
+
+def test_download_goes_through_medmnist_and_lands_atomically(data_dir, monkeypatch, tmp_path):
+    source = write_fake_real(tmp_path / "server")
+    calls = []
+
+    def fake_download_url(url, root, filename, md5):
+        calls.append(url)
+        shutil.copy(source, Path(root) / filename)
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", fake_download_url)
+    ds = dlmi.load_medmnist("breastmnist", "test", mode="real")
+    assert calls == [INFO["breastmnist"]["url"]]
+    assert ds.data_mode == "real" and (data_dir / "breastmnist.npz").exists()
+
+
+def test_failed_download_leaves_no_partial_file(data_dir, monkeypatch):
+    def broken_download_url(url, root, filename, md5):
+        (Path(root) / filename).write_bytes(b"PK\x03\x04 half a file")
+        raise ConnectionResetError("connection reset mid-transfer")
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", broken_download_url)
+    with pytest.raises(dlmi.DataUnavailableError):
+        dlmi.load_medmnist("breastmnist", "train", mode="real")
+    assert [p.name for p in data_dir.iterdir()] == []
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip file", None])
+def test_corrupt_file_is_named_and_left_untouched(content, data_dir, offline):
+    path = write_fake_real(data_dir)
+    if content is None:  # truncated
+        content = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(content)
+    with pytest.raises(dlmi.CorruptDataError) as err:
+        dlmi.load_medmnist("breastmnist", "train", mode="auto")
+    assert str(path) in str(err.value) and "re-fetch" in str(err.value)
+    assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"flag": "pathmnist3d"}, "valid 2D flags: bloodmnist"),
+    ({"flag": "nosuchmnist"}, "valid 2D flags"),
+    ({"size": 32}, "valid sizes: 28, 64, 128, 224"),
+    ({"split": "training"}, "valid splits: train, val, test"),
+    ({"mode": "fake"}, "valid modes: real, synthetic, auto"),
+])
+def test_bad_arguments_name_the_valid_choices(kwargs, match, data_dir, offline):
+    args = {"flag": "pathmnist", "split": "train", "mode": "synthetic", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        dlmi.load_medmnist(**args)
+
+
+def test_tensors_layout_multilabel_and_device(data_dir, offline):
+    x, y = dlmi.load_medmnist_tensors("chestmnist", "val", mode="synthetic", device="cpu")
+    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert y.dtype == torch.float32 and y.shape == (len(x), 14)
