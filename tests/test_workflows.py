@@ -427,7 +427,7 @@ def runner_problems(wf: dict) -> list[str]:
     for job_id, job in jobs_running(wf, "dlmi-grader", "grade").items():
         runs_on = job.get("runs-on")
         text = json.dumps(runs_on)
-        labels = re.search(r"fromJSON\('(\[.*?\])'\)", str(runs_on))
+        labels = re.search(r"'(\[[^']*\])'\s*\)", str(runs_on))  # the fromJSON('[...]') default
         if isinstance(runs_on, list):
             got = runs_on
         else:
