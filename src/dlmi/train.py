@@ -21,10 +21,11 @@ def scaled(n: int) -> int:
 
 @dataclass
 class History:
-    """Per-epoch training loss and (optional) validation accuracy."""
+    """Per-epoch training loss and (optional) validation accuracy and loss."""
 
     loss: list[float] = field(default_factory=list)
     val_acc: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -53,7 +54,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
     optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     history = History()
-    for _ in tqdm(range(epochs), desc="epochs", disable=not progress):
+    bar = tqdm(range(epochs), desc="epochs", disable=not progress)
+    for _ in bar:
         model.train()
         total = 0.0
         for idx in torch.randperm(len(x), generator=gen).split(batch_size):
@@ -65,5 +67,41 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
             total += loss.item() * len(idx)
         history.loss.append(total / len(x))
         if val is not None:
-            history.val_acc.append(accuracy(predict(model, val[0]), val[1]))
+            logits, target = predict(model, val[0]), val[1].cpu()
+            history.val_acc.append(accuracy(logits, target))
+            history.val_loss.append(loss_fn(logits, target).item())
+            bar.set_postfix(loss=f"{history.loss[-1]:.3f}", val_acc=f"{history.val_acc[-1]:.3f}")
     return history
+
+
+def scores(logits: torch.Tensor, multi_label: bool = False) -> torch.Tensor:
+    """Logits → probabilities: softmax over classes, or a sigmoid per label."""
+    return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=1)
+
+
+def medmnist_metrics(flag: str, split: str, logits: torch.Tensor, size: int = 28,
+                     mode: str | None = None) -> dict[str, float]:
+    """AUC and ACC from ``medmnist.Evaluator`` for logits over a whole split, on the data that
+    :func:`dlmi.load_medmnist` uses for the same arguments (real or stand-in)."""
+    from medmnist import Evaluator
+
+    from .datasets import resolve
+
+    _, name, path = resolve(flag, size, mode=mode)  # type: ignore[arg-type]
+    evaluator = Evaluator(name, split, size=size, root=str(path.parent))
+    multi = evaluator.info["task"].startswith("multi-label")
+    auc, acc = evaluator.evaluate(scores(logits, multi).numpy())
+    return {"AUC": float(auc), "ACC": float(acc)}
+
+
+def grad_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               loss_fn: nn.Module | None = None) -> list[tuple[str, float]]:
+    """L2 norm of the loss gradient for each conv/linear weight, input to output, after one
+    backward pass on ``(x, y)``: where gradients vanish or explode."""
+    loss_fn = loss_fn or (nn.BCEWithLogitsLoss() if y.ndim == 2 else nn.CrossEntropyLoss())
+    model.zero_grad()
+    loss_fn(model(x), y).backward()
+    out = [(name, m.weight.grad.norm().item()) for name, m in model.named_modules()
+           if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight.grad is not None]
+    model.zero_grad()
+    return out
