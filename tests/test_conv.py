@@ -128,3 +128,23 @@ def test_relative_change():
     a = np.ones(4)
     assert conv.relative_change(a, a) == 0
     assert conv.relative_change(a, 2 * a) == pytest.approx(1.0)
+
+
+def test_parse_kernel_and_conv_explorer():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dlmi.widgets import conv_explorer, parse_kernel
+
+    np.testing.assert_allclose(parse_kernel("1/9 " * 9), conv.KERNELS["box blur"])
+    np.testing.assert_array_equal(parse_kernel("0,-1,0, -1,5,-1, 0,-1,0"), conv.KERNELS["sharpen"])
+    with pytest.raises(ValueError, match="9 numbers"):
+        parse_kernel("1 2 3")
+    w = conv_explorer(np.random.default_rng(0).random((20, 20)))
+    assert w.kwargs["kernel"] == "Sobel x"
+    # interactive swallows callback errors, so call the callback itself
+    for kernel in [*conv.KERNELS, "custom"]:
+        w.f(kernel=kernel, custom="1 0 0 0 1 0 0 0 1", stride=2, padding=0, dilation=3)
+    w.f(kernel="custom", custom="1 2", stride=1, padding=1, dilation=1)  # prints the error
+    plt.close("all")

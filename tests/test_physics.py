@@ -113,3 +113,32 @@ def test_stain_channels_and_tiles():
     assert P.tile_count(100_000, 80_000, 256) == 390 * 312
     assert P.tissue_fraction(np.full((4, 4, 3), 255)) == 0.0
     assert P.tissue_fraction(np.zeros((4, 4, 3))) == 1.0
+
+
+def test_std_vs_mean_tells_multiplicative_from_additive_noise():
+    rng = np.random.default_rng(0)
+    ramp = np.tile(np.linspace(1, 10, 400), (400, 1))
+    mult = P.std_vs_mean(P.speckle(ramp, looks=4, seed=1), size=9, bins=5)
+    add = P.std_vs_mean(ramp + rng.normal(0, 1, ramp.shape), size=9, bins=5)
+    assert np.all(np.diff(mult[0]) > 0) and np.all(np.diff(add[0]) > 0)
+    assert mult[1][-1] > 4 * mult[1][0]             # std grows with the signal
+    assert add[1].max() < 1.3 * add[1].min()        # std does not
+
+
+def test_ct_and_mri_explorers_draw_every_setting():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dlmi.widgets import ct_explorer, mri_explorer
+
+    # interactive swallows callback errors, so call the callback itself
+    ct = ct_explorer(samples.shepp_logan(64))
+    assert ct.kwargs == {"n_angles": 30, "filter_name": "ramp"}
+    for filt in ["ramp", "shepp-logan", "hann", "none"]:
+        ct.f(n_angles=4, filter_name=filt)
+    mri = mri_explorer(samples.mr_small())
+    for kind in ["random", "equispaced"]:
+        mri.f(acceleration=6.0, kind=kind, center_fraction=0.0)
+    assert plt.get_fignums()
+    plt.close("all")

@@ -174,6 +174,19 @@ def local_mean_std(image: np.ndarray, size: int = 7) -> tuple[np.ndarray, np.nda
     return mean, np.sqrt(var)
 
 
+def std_vs_mean(image: np.ndarray, size: int = 7, bins: int = 8, min_mean: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Average local standard deviation in ``bins`` quantile bins of the local mean (above
+    ``min_mean``): flat for additive noise, a rising line for multiplicative noise."""
+    mean, std = local_mean_std(image, size)
+    keep = mean > min_mean
+    mean, std = mean[keep], std[keep]
+    edges = np.quantile(mean, np.linspace(0, 1, bins + 1))
+    idx = np.clip(np.searchsorted(edges, mean, side="right") - 1, 0, bins - 1)
+    centres = np.array([mean[idx == b].mean() for b in range(bins)])
+    stds = np.array([std[idx == b].mean() for b in range(bins)])
+    return centres, stds
+
+
 # ------------------------------------------------------------------------------------- PET
 def pet_sinogram(activity: np.ndarray, theta: np.ndarray, counts: float, seed: int = 0) -> np.ndarray:
     """Emission data: the activity's line integrals scaled to ``counts`` expected coincidences

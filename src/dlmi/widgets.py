@@ -1,0 +1,102 @@
+"""Figure helpers and interactive explorers (ipywidgets) for the chapters.
+
+Each explorer returns an ``ipywidgets.interactive``: its controls and output show when the
+page runs as a notebook; a built page shows the state saved at build time, so every
+explorer in the book has a static figure beside it.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import numpy as np
+
+from . import conv, physics
+
+
+def show_row(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, cmap: str = "gray",
+             size: float = 3.0, **imshow: object) -> tuple[plt.Figure, np.ndarray]:
+    """Images side by side without axes, with optional titles; returns ``(fig, axes)``."""
+    fig, axes = plt.subplots(1, len(images), figsize=(size * len(images), size), squeeze=False)
+    for i, (ax, img) in enumerate(zip(axes[0], images)):
+        ax.imshow(img, cmap=cmap, **imshow)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=10)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig, axes[0]
+
+
+def ct_explorer(image: np.ndarray) -> widgets.interactive:
+    """Number of projection angles and reconstruction filter → sinogram, reconstruction, RMSE."""
+    mask = physics.circle_mask(image.shape[0])
+
+    def show(n_angles: int = 30, filter_name: str = "ramp") -> None:
+        theta = physics.angles(n_angles)
+        sino = physics.sinogram(image, theta)
+        filt = None if filter_name == "none" else filter_name
+        rec = physics.reconstruct(sino, theta, filt)
+        rec = physics.fit_scale(rec, image) if filt is None else rec
+        err = physics.rmse(rec, image, mask)
+        show_row([sino, rec], [f"sinogram, {n_angles} angles", f"{filter_name}: RMSE {err:.3f}"],
+                 aspect="auto", size=3.5)
+        plt.show()
+
+    return widgets.interactive(show, n_angles=widgets.IntSlider(value=30, min=2, max=180, step=2, description="angles"),
+                               filter_name=widgets.Dropdown(options=["ramp", "shepp-logan", "hann", "none"],
+                                                            description="filter"))
+
+
+def mri_explorer(image: np.ndarray) -> widgets.interactive:
+    """Acceleration, mask kind and centre fraction → sampling mask, zero-filled image, error."""
+
+    def show(acceleration: float = 4.0, kind: str = "random", center_fraction: float = 0.08) -> None:
+        mask = physics.line_mask(image.shape, acceleration, center_fraction, kind)
+        rec = physics.zero_filled(image, mask)
+        err = physics.rmse(rec, image) / image.std()
+        show_row([mask, rec, np.abs(rec - image)],
+                 [f"{mask[0].mean():.0%} of k-space lines", f"zero-filled, NRMSE {err:.2f}", "|error|"])
+        plt.show()
+
+    return widgets.interactive(
+        show, acceleration=widgets.FloatSlider(value=4.0, min=1.0, max=12.0, step=0.5, description="R"),
+        kind=widgets.Dropdown(options=["random", "equispaced"], description="mask"),
+        center_fraction=widgets.FloatSlider(value=0.08, min=0.0, max=0.3, step=0.02, description="centre"))
+
+
+def parse_kernel(text: str) -> np.ndarray:
+    """Nine numbers (commas/spaces, fractions like 1/9 allowed) → a 3×3 kernel."""
+    parts = text.replace(",", " ").split()
+    if len(parts) != 9:
+        raise ValueError(f"need 9 numbers for a 3×3 kernel, got {len(parts)}")
+    values = []
+    for p in parts:
+        num, _, den = p.partition("/")
+        values.append(float(num) / (float(den) if den else 1.0))
+    return np.array(values, dtype=np.float32).reshape(3, 3)
+
+
+def conv_explorer(image: np.ndarray) -> widgets.interactive:
+    """Kernel preset or custom 3×3, stride, padding and dilation → the feature map and its size."""
+
+    def show(kernel: str = "Sobel x", custom: str = "0 -1 0 -1 5 -1 0 -1 0", stride: int = 1,
+             padding: int = 1, dilation: int = 1) -> None:
+        try:
+            k = parse_kernel(custom) if kernel == "custom" else conv.KERNELS[kernel]
+        except ValueError as err:
+            print(err)
+            return
+        out = conv.conv2d(image, k, stride=stride, padding=padding, dilation=dilation)[0]
+        fig, axes = show_row([image, k, out], ["input " + "×".join(map(str, image.shape)), kernel,
+                                               "output " + "×".join(map(str, out.shape))])
+        axes[1].images[0].set_cmap("RdBu_r")
+        lim = max(abs(k).max(), 1e-6)
+        axes[1].images[0].set_clim(-lim, lim)
+        plt.show()
+
+    return widgets.interactive(
+        show, kernel=widgets.Dropdown(options=[*conv.KERNELS, "custom"], value="Sobel x"),
+        custom=widgets.Text(value="0 -1 0 -1 5 -1 0 -1 0", description="custom 3×3"),
+        stride=widgets.IntSlider(value=1, min=1, max=4), padding=widgets.IntSlider(value=1, min=0, max=4),
+        dilation=widgets.IntSlider(value=1, min=1, max=4))
