@@ -1,0 +1,196 @@
+"""``dlmi-grader``: release labs, grade hand-ins, write feedback, check the labs, merge shards."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import course, feedback, grade, intake, sandbox
+
+
+def _root(args: argparse.Namespace) -> Path:
+    return course.course_root(args.root)
+
+
+def _lab_list(args: argparse.Namespace, root: Path) -> list[str]:
+    names = course.lab_names(root) if args.all else args.labs
+    if not names:
+        raise SystemExit("name one or more labs, or pass --all")
+    return names
+
+
+def _options(args: argparse.Namespace) -> grade.Options:
+    device, gpus = grade.resolve_device(args.device)
+    workers = args.workers or (len(gpus) if device == "cuda" else os.cpu_count() or 1)
+    level = args.isolation or sandbox.default_level()
+    if level != "namespaces":
+        print(f"WARNING: isolation level {level!r}: student code is NOT sandboxed from this machine's files"
+              + ("" if level == "uid" else " and runs with your rights") + "; grade as root on Linux for full "
+              "isolation.", file=sys.stderr)
+    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    return grade.Options(device=device, workers=workers, level=level, gpus=gpus,
+                         results=Path(args.results).resolve() if getattr(args, "results", None) else None,
+                         timeout_s=args.timeout, cell_timeout_s=args.cell_timeout, memory_mb=args.memory,
+                         output_mb=args.output_mb)
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    root = _root(args)
+    for name in _lab_list(args, root):
+        out = course.release(course.load_lab(name, root))
+        print(f"released {name} → {out.relative_to(root)}")
+    return 0
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    root = _root(args)
+    lab = course.load_lab(args.lab, root)
+    options = _options(args)
+    base = grade.results_dir(root, options)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="dlmi-intake-") as tmp:
+        ids = grade.notebook.lab_ids(lab.source)
+        subs = intake.shard(intake.collect(Path(args.submissions), lab.name, ids, Path(tmp)), args.shard)
+        if not subs:
+            print(f"no submissions to grade in {args.submissions}" + (f" (shard {args.shard})" if args.shard else ""))
+            return 0
+        jobs = [grade.Job(lab.name, s.student, s.origin, str(s.notebook) if s.notebook else None, s.problem)
+                for s in subs]
+        with grade.Pool(options, root, [lab], len(jobs)) as pool:
+            print(f"grading {len(jobs)} submission(s) of {lab.name} on {options.device} with {pool.workers} "
+                  f"worker(s), isolation {options.level}", file=sys.stderr)
+            pack = grade.pack_lab(lab)
+
+            def on_result(res: dict) -> None:
+                grade.save_result(res, base)
+                grade.print_progress(res)
+
+            results = pool.run(jobs, {lab.name: pack}, on_result)
+    if base == root / "results":
+        feedback.record(root, results)
+    path = grade.write_csv(base, lab.name, feedback.manual_scores(root, lab.name))
+    counts: dict[str, int] = {}
+    for res in results:
+        key = res["status"].split(":")[0]
+        counts[key] = counts.get(key, 0) + 1
+    elapsed = time.monotonic() - started
+    print(f"{len(results)} submission(s) in {elapsed:.1f} s ({60 * len(results) / elapsed:.1f}/min): "
+          + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f"; class CSV: {path}")
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    root = _root(args)
+    pages = feedback.generate(root, args.lab, args.student or None)
+    for page in pages:
+        print(page.relative_to(root))
+    print(f"{len(pages)} feedback page(s) under feedback/")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from . import check
+    root = _root(args)
+    return 0 if check.run(root, _lab_list(args, root), _options(args)) else 1
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Gather the results of shards (each a --results folder) into results/ and one CSV."""
+    root = _root(args)
+    base = root / "results"
+    merged: list[dict] = []
+    owner: dict[str, str] = {}
+    for shard_dir in map(Path, args.shards):
+        for path in sorted((shard_dir / args.lab).glob("*.json")):
+            res = json.loads(path.read_text())
+            if res["student"] in owner:
+                raise SystemExit(f"{res['student']} was graded in both {owner[res['student']]} and {shard_dir}")
+            owner[res["student"]] = str(shard_dir)
+            graded_nb = shard_dir / "autograded" / res["student"] / args.lab
+            if graded_nb.is_dir():
+                shutil.copytree(graded_nb, base / "autograded" / res["student"] / args.lab, dirs_exist_ok=True)
+            course.write_json(base / args.lab / path.name, res)
+            merged.append(res)
+    if not merged:
+        raise SystemExit(f"no results of {args.lab} in {', '.join(args.shards)}")
+    feedback.record(root, merged)
+    csv_path = grade.write_csv(base, args.lab, feedback.manual_scores(root, args.lab))
+    print(f"merged {len(merged)} result(s) from {len(args.shards)} shard(s) → {csv_path.relative_to(root)}")
+    return 0
+
+
+def cmd_csv(args: argparse.Namespace) -> int:
+    root = _root(args)
+    print(grade.write_csv(root / "results", args.lab, feedback.manual_scores(root, args.lab)))
+    return 0
+
+
+def _grading_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, help="submissions graded at once (default: CPU cores, or one per GPU)")
+    p.add_argument("--device", default=os.environ.get("DLMI_DEVICE") or "auto",
+                   help="cpu, cuda or auto (default: $DLMI_DEVICE, else cuda when a GPU is present)")
+    p.add_argument("--timeout", type=float, help="whole-notebook limit in seconds (default: the lab's budget)")
+    p.add_argument("--cell-timeout", type=float, help="per-cell limit in seconds (default: the lab's budget)")
+    p.add_argument("--memory", type=int, help="memory limit per submission in MiB (default: the lab's)")
+    p.add_argument("--output-mb", type=float, default=4, help="printed output allowed per notebook (default 4 MB)")
+    p.add_argument("--isolation", choices=sandbox.LEVELS,
+                   help="sandbox level (default: the strongest available; 'namespaces' needs root on Linux)")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="dlmi-grader", description=__doc__)
+    ap.add_argument("--root", help="course root (default: the folder above the cwd holding solutions/)")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("release", help="make labs/<lab>/ from solutions/<lab>/ with nbgrader")
+    p.add_argument("labs", nargs="*")
+    p.add_argument("--all", action="store_true", help="every lab in solutions/")
+    p.set_defaults(func=cmd_release)
+
+    p = sub.add_parser("grade", help="grade a folder of hand-ins (notebooks, zips, folders or repositories)")
+    p.add_argument("lab")
+    p.add_argument("submissions")
+    p.add_argument("--shard", help="grade only share i of n (1-based, e.g. 2/4) — for a CI matrix")
+    p.add_argument("--results", help="write results here instead of <root>/results (then `merge`)")
+    _grading_flags(p)
+    p.set_defaults(func=cmd_grade)
+
+    p = sub.add_parser("feedback", help="HTML feedback per student under feedback/")
+    p.add_argument("lab")
+    p.add_argument("--student", action="append", help="only this student (repeatable)")
+    p.set_defaults(func=cmd_feedback)
+
+    p = sub.add_parser("check", help="solutions score full marks, blanks score 0, labs/ is fresh and leaks nothing")
+    p.add_argument("labs", nargs="*")
+    p.add_argument("--all", action="store_true")
+    _grading_flags(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("merge", help="merge shard results (--results folders) into results/ and one CSV")
+    p.add_argument("lab")
+    p.add_argument("shards", nargs="+")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("csv", help="rewrite results/<lab>/grades.csv (picks up hand-graded scores)")
+    p.add_argument("lab")
+    p.set_defaults(func=cmd_csv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, NotADirectoryError, ValueError, RuntimeError) as err:
+        print(f"dlmi-grader: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

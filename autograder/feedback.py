@@ -1,0 +1,116 @@
+"""nbgrader's gradebook and feedback, fed from our results.
+
+* :func:`record` writes each result into ``gradebook.db`` (auto scores per test; nothing for a
+  failed submission), so nbgrader's formgrader can be used for the written questions.
+* :func:`generate` writes ``feedback/<student>/<lab>/<lab>.html`` with nbgrader's feedback
+  exporter. :class:`HideHiddenTests` (configured in :func:`autograder.course.nbgrader_config`)
+  runs first: hidden-test source is replaced by a placeholder; their outputs are only the
+  judge's pass/fail line and hint (no traceback ever reached the notebook).
+* A failed or timed-out submission gets a short page with its status and reason instead.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from nbconvert.exporters.exporter import ResourcesDict
+from nbformat import NotebookNode
+from nbgrader.preprocessors import NbGraderPreprocessor
+
+from . import course, notebook
+
+
+class HideHiddenTests(NbGraderPreprocessor):
+    """Replace hidden-test regions by a placeholder; keep only our report as their output."""
+
+    def preprocess_cell(self, cell: NotebookNode, resources: ResourcesDict, index: int) -> tuple[NotebookNode, ResourcesDict]:
+        if cell.cell_type == "code" and notebook.has_hidden(cell):
+            cell.source = notebook.hide_hidden_tests(cell.source)
+            cell.outputs = [o for o in cell.get("outputs", []) if o.get("output_type") == "stream"]
+        return cell, resources
+
+
+def _db_url(root: Path) -> str:
+    return str(course.nbgrader_config(root).CourseDirectory.db_url)
+
+
+def record(root: Path, results: list[dict[str, Any]]) -> None:
+    """Write auto scores of ``results`` into the gradebook (failures leave scores empty)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(_db_url(root)) as gb:
+        for res in results:
+            lab, student = res["lab"], res["student"]
+            try:
+                gb.find_assignment(lab)
+            except MissingEntry:
+                continue  # the lab was never released on this machine: nothing to attach grades to
+            gb.update_or_create_student(student)
+            try:
+                gb.find_submission(lab, student)
+            except MissingEntry:
+                gb.add_submission(lab, student)
+            scores = {t["grade_id"]: t["points"] for t in res.get("tests", [])}
+            graded = res.get("status") == "graded"
+            for cell in gb.find_notebook(lab, lab).grade_cells:
+                if cell.cell_type != "code" or (graded and cell.name not in scores):
+                    continue
+                grade = gb.find_grade(cell.name, lab, lab, student)
+                grade.auto_score = scores.get(cell.name) if graded else None
+            gb.db.commit()
+
+
+def manual_scores(root: Path, lab: str) -> dict[str, float | None]:
+    """Hand-graded points per student (None until every written answer is graded)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    out: dict[str, float | None] = {}
+    if not (root / "gradebook.db").exists():
+        return out
+    with Gradebook(_db_url(root)) as gb:
+        try:
+            nb = gb.find_notebook(lab, lab)
+        except MissingEntry:
+            return out
+        manual = [c.name for c in nb.grade_cells if c.cell_type == "markdown"]
+        for sub in gb.notebook_submissions(lab, lab):
+            scores = [gb.find_grade(name, lab, lab, sub.student.id).manual_score for name in manual]
+            out[sub.student.id] = None if any(s is None for s in scores) else float(sum(scores))
+    return out
+
+
+def _failure_page(res: dict[str, Any]) -> str:
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in res.get("notes", []))
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(res['lab'])}: feedback</title>"
+            "</head><body style='font-family:sans-serif;max-width:48em;margin:2em auto'>"
+            f"<h1>{html.escape(res['lab'])}</h1><p>Student: <b>{html.escape(res['student'])}</b></p>"
+            f"<p>Your notebook could not be graded: <b>{html.escape(res['status'])}</b></p>"
+            "<p>No score was recorded. Fix the problem and hand the notebook in again, or ask your instructor.</p>"
+            + (f"<ul>{notes}</ul>" if notes else "") + "</body></html>\n")
+
+
+def generate(root: Path, lab: str, students: list[str] | None = None) -> list[Path]:
+    """Feedback HTML for the graded results of ``lab`` under ``<root>/results``; returns the pages."""
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    from .grade import load_results
+
+    cfg = course.nbgrader_config(root)
+    api = NbGraderAPI(CourseDirectory(config=cfg), config=cfg)
+    pages = []
+    for res in load_results(root / "results", lab):
+        if students and res["student"] not in students:
+            continue
+        page = root / "feedback" / res["student"] / lab / f"{lab}.html"
+        if res["status"] == "graded":
+            record(root, [res])
+            out = api.generate_feedback(lab, res["student"], force=True)
+            if not out["success"]:
+                raise RuntimeError(f"nbgrader generate_feedback failed for {res['student']}:\n{out.get('error')}")
+        else:
+            page.parent.mkdir(parents=True, exist_ok=True)
+            page.write_text(_failure_page(res))
+        pages.append(page)
+    return pages

@@ -1,0 +1,333 @@
+"""Grade hand-ins: each in its own sandboxed kernel, several at once, results as JSON and CSV.
+
+One submission is graded by :func:`grade_job` in a worker process: read and identify the
+notebook, rebuild it from the lab's source, execute its cells in a fresh sandboxed kernel, and
+judge every test cell in the worker (see :mod:`autograder.judge`). A problem that stops
+grading becomes the status ``failed: <reason>`` or ``timeout: <reason>`` — never 0 points.
+"""
+from __future__ import annotations
+
+import atexit
+import csv
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import nbformat
+from nbformat import NotebookNode
+from nbformat.v4 import new_output
+
+from . import course, notebook
+from .judge import judge_test
+from .kernel import KernelSession, Limits, SubmissionFailure, gpu_devices, readonly_paths, slot_env
+from .sandbox import PRELOAD, Zygote
+
+CSV_FIELDS = ["student", "status", "score", "max_score", "manual_score", "manual_max", "runtime_s", "device",
+              "origin", "notebook"]
+
+
+@dataclass
+class Options:
+    """How to grade (``None`` limits take the lab's budget from its notebook metadata)."""
+
+    device: str = "cpu"
+    workers: int = 1
+    level: str = "namespaces"
+    results: Path | None = None          # default: <root>/results
+    timeout_s: float | None = None
+    cell_timeout_s: float | None = None
+    memory_mb: int | None = None
+    output_mb: float = 4
+    gpus: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Job:
+    lab: str
+    student: str
+    origin: str
+    notebook: str | None
+    problem: str | None = None
+
+
+@dataclass
+class LabPack:
+    """What a worker needs of a lab (picklable)."""
+
+    name: str
+    source: dict
+    blank: dict
+    settings: dict
+    files: dict[str, str]
+    ids: set[str]
+
+
+# ---------------------------------------------------------------------------- device and data
+def detect_gpus() -> list[str]:
+    """GPUs to grade on: ``$CUDA_VISIBLE_DEVICES`` if set, else those ``nvidia-smi`` lists."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
+
+
+def resolve_device(device: str) -> tuple[str, list[str]]:
+    """``auto`` → cuda when a GPU is present, else cpu; returns the device and the GPU indices."""
+    gpus = detect_gpus()
+    device = device.split(":")[0]
+    if device == "auto":
+        device = "cuda" if gpus else "cpu"
+    if device == "cuda" and not gpus:
+        raise RuntimeError("--device cuda, but nvidia-smi lists no GPU")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu, cuda or auto, not {device!r}")
+    return device, gpus
+
+
+def prepare_data(settings: dict) -> tuple[dict[str, str], list[str]]:
+    """Make the lab's data set available read-only to kernels: (environment, paths to bind)."""
+    data = settings.get("data")
+    if not data:
+        return {}, []
+    import dlmi
+    mode = dlmi.resolve_mode(data["flag"], data.get("size", 28))
+    dlmi.load_medmnist(data["flag"], "train", data.get("size", 28), mode=mode)  # writes the stand-in if needed
+    root = str(dlmi.data_root().resolve())
+    return {"DLMI_DATA": mode, "DLMI_DATA_DIR": root}, [root]
+
+
+# ---------------------------------------------------------------------------- one submission
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(slots: Any, options: Options, root: str, preload: list[str], ids: dict[str, set[str]]) -> None:
+    """A worker process: its slot (user id, GPU) and its kernel zygote with the labs' imports done."""
+    slot = slots.get()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": _scratch_base(), "LANG": "C.UTF-8",
+           **{k: v for k, v in os.environ.items() if k.startswith(("OMP_", "MKL_", "DLMI_"))},
+           **slot_env(slot, options.device, options.gpus)}
+    log = Path(_scratch_base()) / f"zygote-{slot}-{os.getpid()}.log"
+    zygote = Zygote(list(dict.fromkeys([*PRELOAD, *preload])), env, log)
+    atexit.register(zygote.close)
+    import torch  # noqa: F401 — the judge's references; imported while the zygote starts
+    zygote.wait_ready()
+    _worker.update(slot=slot, options=options, root=Path(root), zygote=zygote, ids=ids)
+
+
+def _warm() -> int:
+    return os.getpid()
+
+
+def lab_limits(settings: dict, options: Options) -> Limits:
+    """The lab's budget from its metadata, overridden by the command line."""
+    base = Limits()
+    pick = (lambda opt, key, default: opt if opt is not None else settings.get(key, default))
+    return Limits(timeout_s=float(pick(options.timeout_s, "timeout_s", base.timeout_s)),
+                  cell_timeout_s=float(pick(options.cell_timeout_s, "cell_timeout_s", base.cell_timeout_s)),
+                  memory_mb=int(pick(options.memory_mb, "memory_mb", base.memory_mb)),
+                  output_mb=options.output_mb)
+
+
+def _report(outcome_passed: bool, points: float, max_points: float, message: str, printed: str) -> NotebookNode:
+    mark = "✔ passed" if outcome_passed else "✘ failed"
+    text = (printed if printed.endswith("\n") or not printed else printed + "\n") + \
+        f"{mark} — {points:g} / {max_points:g} points" + ("" if outcome_passed else f"\n{message}") + "\n"
+    return new_output("stream", name="stdout", text=text)
+
+
+def grade_job(job: Job, pack: LabPack) -> dict[str, Any]:
+    """Grade one hand-in in this worker; return its result record."""
+    options: Options = _worker["options"]
+    slot: int = _worker["slot"]
+    started = time.monotonic()
+    result: dict[str, Any] = {"student": job.student, "lab": job.lab, "origin": job.origin, "device": options.device,
+                              "isolation": options.level, "notes": [], "tests": [], "score": None}
+    source = nbformat.from_dict(pack.source)
+    tests = [c for c in source.cells if notebook.is_test(c)]
+    result["max_score"] = sum(float(notebook.nbgrader_meta(c).get("points", 0)) for c in tests)
+    result["manual_max"] = sum(float(notebook.nbgrader_meta(c).get("points", 0))
+                               for c in source.cells if notebook.is_manual(c))
+    graded: NotebookNode | None = None
+    try:
+        if job.problem or not job.notebook:
+            raise SubmissionFailure("failed", job.problem or "no notebook")
+        path = Path(job.notebook)
+        result["notebook"] = path.name
+        student = notebook.read_notebook(path)
+        notebook.identify(student, job.lab, {**_worker["ids"], job.lab: pack.ids}, path.name)
+        graded, result["notes"] = notebook.rebuild(student, source, nbformat.from_dict(pack.blank))
+        limits = lab_limits(pack.settings, options)
+        env = {**slot_env(slot, options.device, options.gpus), **pack.settings.get("_env", {})}
+        workdir = Path(tempfile.mkdtemp(prefix=f"g{slot}-", dir=_scratch_base()))
+        files = {f"{job.lab}.ipynb": path, **{k: Path(v) for k, v in pack.files.items()}}
+        with KernelSession(workdir, _worker["zygote"], slot=slot, limits=limits, level=options.level, env=env,
+                           ro=readonly_paths(pack.settings.get("_ro", [])),
+                           devices=gpu_devices() if options.device == "cuda" else [], files=files) as session:
+            t0 = time.monotonic()
+            session.start()
+            result["timing"] = {"start_s": round(time.monotonic() - t0, 2)}
+            session.run_bridge_source()
+            if pack.settings.get("audit_data"):
+                session.execute("__import__('sys').modules['__dlmi_bridge__'].install_data_audit()",
+                                "the grader's set-up", store_history=False, bridge_call=True)
+            context = {"device": env["DLMI_DEVICE"], "settings": pack.settings}
+            _execute(session, graded, result, context)
+        result["status"] = "graded"
+        result["score"] = sum(t["points"] for t in result["tests"])
+    except SubmissionFailure as failure:
+        result["status"] = f"{failure.status}: {failure.reason}"
+    result["runtime_s"] = round(time.monotonic() - started, 2)
+    if graded is not None:
+        result["_notebook"] = nbformat.writes(graded)
+    return result
+
+
+def _execute(session: KernelSession, nb: NotebookNode, result: dict[str, Any], context: dict[str, Any]) -> None:
+    """Run the rebuilt notebook: code cells in the kernel, test cells in the judge."""
+    count = 0
+    result.setdefault("timing", {}).update(cells_s=0.0, tests_s=0.0)
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        where = f"cell {index + 1}"
+        if notebook.is_test(cell):
+            meta = notebook.nbgrader_meta(cell)
+            max_points = float(meta.get("points", 0))
+            t0 = time.monotonic()
+            session.run_bridge_source()
+            outcome = judge_test(session, cell.source, hidden=notebook.has_hidden(cell), context=context)
+            result["timing"]["tests_s"] = round(result["timing"]["tests_s"] + time.monotonic() - t0, 2)
+            points = max_points if outcome.passed else 0.0
+            cell.outputs = [_report(outcome.passed, points, max_points, outcome.message, outcome.printed)]
+            result["tests"].append({"grade_id": meta["grade_id"], "points": points, "max_points": max_points,
+                                    "passed": outcome.passed, "hidden": notebook.has_hidden(cell),
+                                    "message": outcome.message, "detail": outcome.detail})
+            continue
+        count += 1
+        t0 = time.monotonic()
+        run = session.execute(cell.source, where)
+        result["timing"]["cells_s"] = round(result["timing"]["cells_s"] + time.monotonic() - t0, 2)
+        cell.outputs, cell.execution_count = run.outputs, count
+        if run.error and run.error["ename"] == "SystemExit":
+            raise SubmissionFailure("failed", f"{where} called sys.exit() ({run.error['evalue'] or 'no code'}); "
+                                    "a notebook must run to its end — remove the call")
+
+
+def _scratch_base() -> str:
+    base = Path(tempfile.gettempdir()) / "dlmi-grader"
+    base.mkdir(mode=0o711, exist_ok=True)
+    return str(base)
+
+
+# ---------------------------------------------------------------------------- many submissions
+def pack_lab(lab: course.Lab, release: Path | None = None) -> LabPack:
+    """Everything workers need of ``lab`` (blank notebook from ``release`` or a fresh one), data made ready."""
+    if release is None:
+        blank = course.released_notebook(lab)
+    else:
+        blank = nbformat.read(release / f"{lab.name}.ipynb", as_version=4)
+    settings = lab.settings
+    env, ro = prepare_data(settings)
+    settings["_env"], settings["_ro"] = env, ro
+    return LabPack(lab.name, dict(lab.source), dict(blank), settings, {k: str(v) for k, v in lab.files().items()},
+                   notebook.lab_ids(lab.source))
+
+
+class Pool:
+    """Worker processes, started at once so their imports overlap the caller's preparation."""
+
+    def __init__(self, options: Options, root: Path, labs: list[course.Lab], jobs: int) -> None:
+        ctx = mp.get_context("spawn")
+        slots = ctx.Queue()
+        self.workers = max(1, min(options.workers, jobs))
+        for i in range(self.workers):
+            slots.put(i)
+        preload = [m for lab in labs for m in lab.settings.get("preload", [])]
+        ids = {name: notebook.lab_ids(course.load_lab(name, root).source) for name in course.lab_names(root)}
+        self.executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                            initargs=(slots, options, str(root), preload, ids))
+        self._warm = [self.executor.submit(_warm) for _ in range(self.workers)]
+
+    def run(self, jobs: list[Job], packs: dict[str, LabPack],
+            on_result: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+        """Grade ``jobs``; ``on_result`` sees each result as it lands."""
+        results = []
+        futures = {self.executor.submit(grade_job, job, packs[job.lab]): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                res = future.result()
+            except Exception as err:  # a grader bug or a dead worker: say so, never a score
+                res = {"student": job.student, "lab": job.lab, "origin": job.origin, "score": None, "tests": [],
+                       "status": f"failed: grader error ({type(err).__name__}: {err})", "runtime_s": None}
+            on_result(res)
+            results.append(res)
+        return results
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.executor.shutdown(cancel_futures=True)
+
+
+def results_dir(root: Path, options: Options) -> Path:
+    return options.results or root / "results"
+
+
+def save_result(res: dict[str, Any], base: Path) -> None:
+    """``<base>/<lab>/<student>.json`` and the graded notebook under ``<base>/autograded/``."""
+    text = res.pop("_notebook", None)
+    if text is not None:
+        path = base / "autograded" / res["student"] / res["lab"] / f"{res['lab']}.ipynb"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        res["autograded"] = str(path.relative_to(base))
+    course.write_json(base / res["lab"] / f"{res['student']}.json", res)
+
+
+def load_results(base: Path, lab: str) -> list[dict[str, Any]]:
+    import json
+    folder = base / lab
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def write_csv(base: Path, lab: str, manual: dict[str, float | None] | None = None) -> Path:
+    """``<base>/<lab>/grades.csv`` for the class: a failure has an empty score and its status."""
+    path = base / lab / "grades.csv"
+    rows = load_results(base, lab)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, CSV_FIELDS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({"student": r["student"], "status": r["status"],
+                             "score": "" if r.get("score") is None else f"{r['score']:g}",
+                             "max_score": f"{r.get('max_score', 0):g}",
+                             "manual_score": "" if not manual or manual.get(r["student"]) is None
+                             else f"{manual[r['student']]:g}",
+                             "manual_max": f"{r.get('manual_max', 0):g}",
+                             "runtime_s": r.get("runtime_s") or "", "device": r.get("device", ""),
+                             "origin": r.get("origin", ""), "notebook": r.get("notebook", "")})
+    return path
+
+
+def progress_line(res: dict[str, Any]) -> str:
+    score = "" if res.get("score") is None else f"{res['score']:g}/{res.get('max_score', 0):g}  "
+    return f"{res['lab']}  {res['student']:<24} {score}{res['status']}  ({res.get('runtime_s')} s)"
+
+
+def print_progress(res: dict[str, Any]) -> None:
+    print(progress_line(res), file=sys.stderr, flush=True)
+

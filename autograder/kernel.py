@@ -1,0 +1,419 @@
+"""One sandboxed Jupyter kernel per submission, driven cell by cell under hard limits.
+
+:class:`KernelSession` starts the kernel through :mod:`autograder.sandbox`, executes code with a
+per-cell timeout and a whole-notebook deadline, caps printed output, watches memory and the
+number of processes, and answers judge requests through :mod:`autograder.bridge`. Any breach
+ends the session with :class:`SubmissionFailure` (a status and a reason, never a score).
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+import queue
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+from jupyter_client.blocking.client import BlockingKernelClient
+from nbformat import NotebookNode
+from nbformat.v4 import output_from_msg
+
+from . import bridge, sandbox
+
+UID_BASE = 61000
+_PASS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "DLMI_SCALE", "DLMI_STANDIN_FRACTION", "DLMI_DATA_DIR")
+
+
+class SubmissionFailure(Exception):
+    """Grading of one submission cannot go on; ``status`` is ``failed`` or ``timeout``."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status, self.reason = status, reason
+
+
+class StudentError(Exception):
+    """The student's code raised while answering a judge request."""
+
+    def __init__(self, ename: str, evalue: str, traceback: list[str]) -> None:
+        super().__init__(f"{ename}: {evalue}")
+        self.ename, self.evalue, self.traceback = ename, evalue, traceback
+
+
+@dataclass
+class Limits:
+    """Per-submission limits (seconds, MiB, counts)."""
+
+    timeout_s: float = 600          # whole notebook, wall clock
+    cell_timeout_s: float = 300     # one cell (or one judge request)
+    memory_mb: int = 3072           # resident memory of all kernel processes together
+    nproc: int = 192                # processes + threads (RLIMIT_NPROC of the slot's uid)
+    max_processes: int = 64         # processes of one notebook (the watchdog's fork-bomb line)
+    output_mb: float = 4            # text and images a notebook may print
+    startup_s: float = 60           # kernel start
+
+
+@dataclass
+class ExecResult:
+    """What one execution produced."""
+
+    outputs: list[NotebookNode] = field(default_factory=list)
+    error: dict[str, Any] | None = None      # ename / evalue / traceback of a raised exception
+    bridge: list[dict[str, Any]] = field(default_factory=list)
+
+
+def slot_env(slot: int, device: str, gpus: list[str]) -> dict[str, str]:
+    """Device variables for grading slot ``slot``: one GPU per slot on CUDA, else the CPU."""
+    env = {"DLMI_DEVICE": "cuda" if device == "cuda" else "cpu"}
+    if device == "cuda":
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)] if gpus else "0"
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def readonly_paths(extra: list[str] | None = None) -> list[str]:
+    """Host paths the kernel needs to read: Python, the venv, the ``dlmi`` sources, data."""
+    paths = {sys.prefix, sys.base_prefix}
+    spec = importlib.util.find_spec("dlmi")
+    if spec and spec.submodule_search_locations:
+        paths.update(str(Path(p).resolve()) for p in spec.submodule_search_locations)
+    paths.update(extra or [])
+    return sorted(p for p in paths if p and os.path.exists(p))
+
+
+class KernelSession:
+    """A kernel for one submission in ``workdir`` (created and removed by the session)."""
+
+    def __init__(self, workdir: Path, zygote: sandbox.Zygote, *, slot: int, limits: Limits, level: str,
+                 env: dict[str, str], ro: list[str], devices: list[str] | None = None,
+                 files: dict[str, Path] | None = None) -> None:
+        self.workdir, self.zygote, self.slot, self.limits, self.level = workdir, zygote, slot, limits, level
+        self.uid = UID_BASE + slot
+        self.scratch, self.io = workdir / "home", workdir / "io"
+        self.extra_env, self.ro, self.devices, self.files = env, ro, devices or [], files or {}
+        self.deadline = float("inf")
+        self.failure: SubmissionFailure | None = None
+        self.output_bytes = 0
+        self.pid: int | None = None
+        self.client: BlockingKernelClient | None = None
+        self._stop = threading.Event()
+        self._io_count = 0
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self) -> None:
+        """Make the folders, start the sandboxed kernel and wait until it answers."""
+        self.deadline = time.monotonic() + self.limits.timeout_s
+        for d in (self.scratch, self.io, self.workdir / "root"):
+            d.mkdir(parents=True, exist_ok=True)
+        for name, src in self.files.items():
+            shutil.copy2(src, self.scratch / name)
+        if os.geteuid() == 0 and self.level != "none":
+            for dirpath, _, filenames in os.walk(self.scratch):
+                os.chown(dirpath, self.uid, self.uid)
+                for f in filenames:
+                    os.chown(os.path.join(dirpath, f), self.uid, self.uid)
+        os.chmod(self.scratch, 0o700)
+        os.chmod(self.workdir, 0o700)
+        os.chmod(self.io, 0o755)
+        conn = {"transport": "ipc", "ip": str(self.scratch / "k"), "shell_port": 1, "iopub_port": 2,
+                "stdin_port": 3, "control_port": 4, "hb_port": 5, "key": secrets.token_hex(16),
+                "signature_scheme": "hmac-sha256", "kernel_name": ""}
+        conn_file = self.io / "kernel.json"
+        conn_file.write_text(json.dumps(conn))
+        os.chmod(conn_file, 0o644)
+        env = {"PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin", "HOME": str(self.scratch),
+               "LANG": "C.UTF-8", "PYTHONNOUSERSITE": "1", "MPLCONFIGDIR": str(self.scratch / ".matplotlib"),
+               "DLMI_BRIDGE_IO": str(self.io), "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+               **{k: os.environ[k] for k in _PASS_ENV if k in os.environ}, **self.extra_env}
+        argv = ["-f", str(conn_file), "--HistoryManager.hist_file=:memory:"]
+        spec = sandbox.Spec(argv=argv, env=env, cwd=str(self.scratch), workdir=str(self.workdir), level=self.level,
+                            uid=self.uid, ro=[*self.ro, str(self.io)], rw=[str(self.scratch)], devices=self.devices,
+                            root=str(self.workdir / "root"),
+                            memory_mb=None if self.devices else self.limits.memory_mb + 4096, nproc=self.limits.nproc)
+        self.pid = self.zygote.spawn(spec)
+        threading.Thread(target=self._watch, daemon=True).start()
+        client = BlockingKernelClient()
+        client.load_connection_info(conn)
+        client.start_channels()
+        self.client = client
+        until = time.monotonic() + min(self.limits.startup_s, self.limits.timeout_s)
+        while not all(os.path.exists(f"{conn['ip']}-{p}") for p in range(1, 6)):
+            self._check_alive("while starting")
+            if time.monotonic() > until:
+                raise SubmissionFailure("failed", f"the kernel did not start within {self.limits.startup_s:.0f} s"
+                                        f"{self._log_tail()}")
+            time.sleep(0.05)
+        self._wait_ready(until)
+
+    def _wait_ready(self, until: float) -> None:
+        """Send ``kernel_info`` until the kernel answers (the ZMQ sockets may lag the files)."""
+        assert self.client is not None
+        while True:
+            msg_id = self.client.kernel_info()
+            try:
+                while True:
+                    reply = self.client.get_shell_msg(timeout=0.5)
+                    if reply["parent_header"].get("msg_id") == msg_id:
+                        break
+                break
+            except queue.Empty:
+                self._check_alive("while starting")
+                if time.monotonic() > until:
+                    raise SubmissionFailure("failed", "the kernel did not answer after starting") from None
+        while True:  # drain start-up iopub traffic
+            try:
+                self.client.get_iopub_msg(timeout=0.05)
+            except queue.Empty:
+                break
+
+    def close(self) -> None:
+        """Kill every process of the sandbox, wait until its user id owns none, delete the work folder."""
+        self._stop.set()
+        if self.client is not None:
+            self.client.stop_channels()
+        self._kill()
+        if os.geteuid() == 0 and self.level != "none":
+            self._reap_uid()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _reap_uid(self, wait_s: float = 30) -> None:
+        """SIGKILL whatever still runs as the slot's user id and wait until it is gone (a dying fork bomb
+        would otherwise eat the next kernel's process limit)."""
+        start = time.monotonic()
+        while time.monotonic() < start + wait_s:
+            left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == self.uid]
+            if not left:
+                return
+            if time.monotonic() < start + 1:  # SIGKILL was sent: give the processes a moment to exit
+                time.sleep(0.02)
+                continue
+            subprocess.run([sys.executable, "-I", "-S", "-c", f"import os,signal; os.setresuid({self.uid},{self.uid},"
+                            f"{self.uid}); os.kill(-1, signal.SIGKILL)"], capture_output=True)
+            time.sleep(0.1)
+
+    def __enter__(self) -> "KernelSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ watchdog
+    def _kill(self) -> None:
+        if self.pid is not None and self.exit_code() is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def exit_code(self) -> int | None:
+        """The sandbox's exit code once it has ended, else None."""
+        code = sandbox.exit_status(self.workdir)
+        if code is not None or self.pid is None:
+            return code
+        try:
+            if psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.NoSuchProcess:
+            pass
+        code = sandbox.exit_status(self.workdir)
+        return -1 if code is None else code
+
+    def _tree(self) -> list[psutil.Process]:
+        assert self.pid is not None
+        try:
+            root = psutil.Process(self.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def _watch(self) -> None:
+        """Kill the sandbox when its process count or memory passes the limits."""
+        limit = self.limits.memory_mb << 20
+        most = self.limits.max_processes
+        while not self._stop.wait(0.1):
+            try:
+                tree = self._tree()
+                if len(tree) > most:
+                    self._fail("failed", f"process limit exceeded: more than {most} processes (a fork bomb?)")
+                elif sum(_memory(p.pid) for p in tree) > limit:
+                    self._fail("failed", f"memory limit exceeded: the notebook used more than "
+                               f"{self.limits.memory_mb} MiB")
+            except (psutil.Error, OSError):
+                continue  # processes come and go while we look
+    def _fail(self, status: str, reason: str) -> None:
+        if self.failure is None:
+            self.failure = SubmissionFailure(status, reason)
+        self._kill()
+
+    def _log_tail(self) -> str:
+        try:
+            text = (self.workdir / "kernel.log").read_text(errors="replace").strip()
+        except OSError:
+            return ""
+        return f" (kernel log: {text[-400:]})" if text else ""
+
+    def _check_alive(self, where: str) -> None:
+        if self.failure is not None:
+            raise self.failure
+        code = self.exit_code()
+        if code is not None:
+            raise SubmissionFailure("failed", f"the kernel died {where} ({_describe_exit(code)})")
+
+    # ------------------------------------------------------------------ execution
+    def execute(self, code: str, where: str, *, store_history: bool = True, bridge_call: bool = False) -> ExecResult:
+        """Run ``code``; return outputs and the error it raised. Limits raise :class:`SubmissionFailure`."""
+        assert self.client is not None
+        self._check_alive(f"before {where}")
+        msg_id = self.client.execute(code, store_history=store_history, allow_stdin=False)
+        start = time.monotonic()
+        cell_end = min(self.deadline, start + self.limits.cell_timeout_s)
+        result, clear_pending = ExecResult(), False
+        while True:
+            now = time.monotonic()
+            if now > cell_end:
+                if now >= self.deadline:
+                    self._fail("timeout", f"the notebook ran longer than {self.limits.timeout_s:.0f} s (in {where})")
+                else:
+                    self._fail("timeout", f"{where} ran longer than {self.limits.cell_timeout_s:.0f} s")
+                raise self.failure  # type: ignore[misc]
+            try:
+                msg = self.client.get_iopub_msg(timeout=0.1)
+            except queue.Empty:
+                self._check_alive(f"in {where}")
+                continue
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "status" and content["execution_state"] == "idle":
+                break
+            if kind == "clear_output":
+                if content.get("wait"):
+                    clear_pending = True
+                else:
+                    result.outputs.clear()
+                continue
+            if kind not in ("stream", "display_data", "execute_result", "error"):
+                continue
+            if kind == "display_data" and bridge.MIME in content.get("data", {}):
+                if bridge_call:
+                    result.bridge.append(content)
+                continue
+            if kind == "error":
+                result.error = {"ename": content["ename"], "evalue": content["evalue"],
+                                "traceback": content["traceback"]}
+            self._count_output(content, where)
+            if bridge_call:
+                continue  # what a judged call prints is not part of the notebook
+            if clear_pending:
+                result.outputs.clear()
+                clear_pending = False
+            _append_output(result.outputs, output_from_msg(msg))
+        return result
+
+    def _count_output(self, content: dict[str, Any], where: str) -> None:
+        size = len(content.get("text", "")) + sum(len(str(v)) for v in content.get("data", {}).values())
+        size += sum(len(line) for line in content.get("traceback", []))
+        self.output_bytes += size
+        if self.output_bytes > self.limits.output_mb * 2**20:
+            self._fail("failed", f"output limit exceeded: the notebook printed more than {self.limits.output_mb:g} MB "
+                       f"(in {where})")
+            raise self.failure  # type: ignore[misc]
+
+    def run_bridge_source(self) -> None:
+        """(Re)install the bridge module in the kernel; a student may have clobbered it."""
+        source = Path(bridge.__file__).read_text()
+        code = ("import sys as _s, types as _t\n_m = _t.ModuleType('__dlmi_bridge__')\n"
+                f"exec(compile({source!r}, '<dlmi-bridge>', 'exec'), _m.__dict__)\n"
+                "_old = _s.modules.get('__dlmi_bridge__')\n"
+                "if _old is not None:\n"
+                "    _m._handles.update(getattr(_old, '_handles', {})); _m._next_handle[0] = max(_m._next_handle[0],"
+                " getattr(_old, '_next_handle', [0])[0]); _m.data_loads[:] = getattr(_old, 'data_loads', [])\n"
+                "_s.modules['__dlmi_bridge__'] = _m\ndel _s, _t, _m, _old\n")
+        result = self.execute(code, "the grader's bridge", store_history=False, bridge_call=True)
+        if result.error:
+            raise StudentError(result.error["ename"], result.error["evalue"], [])
+
+    def request(self, op: str, target: dict[str, Any], args: list[Any] | None = None,
+                kwargs: dict[str, Any] | None = None, *, as_handle: bool = False) -> Any:
+        """Send one bridge request; return the raw wire answer (``value``) or raise :class:`StudentError`."""
+        rid = secrets.token_hex(8)
+        payload = json.dumps({"id": rid, "op": op, "target": target, "args": args or [], "kwargs": kwargs or {},
+                              "as_handle": as_handle})
+        code = f"__import__('sys').modules['__dlmi_bridge__'].serve({payload!r})"
+        result = self.execute(code, "a graded check", store_history=False, bridge_call=True)
+        answers = [json.loads(c["data"][bridge.MIME]) for c in result.bridge]
+        answers = [a for a in answers if isinstance(a, dict) and a.get("id") == rid]
+        if not answers:
+            if result.error:  # the call never reached serve(): the bridge is gone
+                raise StudentError(result.error["ename"], result.error["evalue"], [])
+            raise StudentError("GraderError", "the kernel gave no answer to a graded check", [])
+        answer = answers[-1]
+        if not answer.get("ok"):
+            raise StudentError(str(answer.get("ename")), str(answer.get("evalue")), list(answer.get("traceback", [])))
+        return answer["value"]
+
+    def array_file(self, npy: bytes) -> dict[str, str]:
+        """Put an array for the kernel into the read-only input folder; return its wire stub."""
+        self._io_count += 1
+        name = f"a{self._io_count}.npy"
+        path = self.io / name
+        path.write_bytes(npy)
+        os.chmod(path, 0o644)
+        return {"file": name}
+
+
+
+def gpu_devices() -> list[str]:
+    """Device nodes a CUDA kernel needs."""
+    return sorted(glob.glob("/dev/nvidia*"))
+
+
+def _memory(pid: int) -> int:
+    """Proportional set size of ``pid`` in bytes (shared pages split among sharers), else RSS."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) << 10
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return psutil.Process(pid).memory_info().rss
+    except psutil.Error:
+        return 0
+
+
+def _append_output(outputs: list[NotebookNode], out: NotebookNode) -> None:
+    """Append like Jupyter: consecutive text on the same stream merges."""
+    if out.output_type == "stream" and outputs and outputs[-1].output_type == "stream" \
+            and outputs[-1].name == out.name:
+        outputs[-1].text += out.text
+    else:
+        outputs.append(out)
+
+
+def _describe_exit(code: int) -> str:
+    if code == -1:
+        return "exit status unknown"
+    if code > 128:
+        try:
+            return f"killed by {signal.Signals(code - 128).name}"
+        except ValueError:
+            pass
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"exit code {code}"

@@ -1,0 +1,335 @@
+"""Start student kernels isolated from the grader, the course files and each other — fast.
+
+A **zygote** (one per grading worker, started fresh, never forked from the grader, so it has
+never seen a solution or a hidden test) imports the heavy libraries once (torch, dlmi,
+ipykernel) and forks one child per submission. The child:
+
+1. (level ``namespaces``) enters new mount, network, PID, IPC and UTS namespaces;
+2. as PID 1 of the new PID namespace, builds a minimal root file system on a tmpfs —
+   read-only binds of the system, the Python installation, the virtual environment, the
+   ``dlmi`` sources and the data cache; a small ``/dev``; a private ``/tmp``; the submission's
+   scratch folder read-write and the grader's input folder read-only — and chroots into it;
+   nothing else (``solutions/``, the gradebook, results, other submissions, ``/root``) exists
+   inside, and the only network interface is a loopback that is down;
+3. forks the kernel, which drops to an unprivileged user id (one per grading slot), sets
+   resource limits and ``no_new_privs`` and runs ipykernel in-process (its imports are already
+   done). The kernel talks to the grader over Unix sockets in the scratch folder.
+
+Levels: ``namespaces`` (all of the above; needs root on Linux), ``uid`` (another user id and
+limits, no namespaces; needs root), ``none`` (limits only).
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO
+
+LEVELS = ("namespaces", "uid", "none")
+PRELOAD = ("numpy", "torch", "IPython", "ipykernel.kernelapp")
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+_CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC, _CLONE_NEWPID, _CLONE_NEWNET = \
+    0x00020000, 0x04000000, 0x08000000, 0x20000000, 0x40000000
+_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
+_DEVICES = ("null", "zero", "full", "random", "urandom")
+
+
+@dataclass
+class Spec:
+    """One kernel: what it runs, where, as whom and within which limits."""
+
+    argv: list[str]                                   # ipykernel arguments (sys.argv of the kernel)
+    env: dict[str, str]
+    cwd: str
+    workdir: str                                      # grader-only folder: kernel.log and exit status
+    level: str = "namespaces"
+    uid: int = 61000
+    ro: list[str] = field(default_factory=list)       # host paths bound read-only at the same path
+    rw: list[str] = field(default_factory=list)       # host paths bound read-write (scratch)
+    devices: list[str] = field(default_factory=list)  # extra device nodes (GPUs)
+    root: str = ""                                    # empty host dir that becomes the new root
+    tmp_mb: int = 256                                 # size of the private /tmp and /dev/shm
+    memory_mb: int | None = 8192                      # RLIMIT_AS; None on GPUs (CUDA maps huge ranges)
+    nproc: int = 256                                  # RLIMIT_NPROC (processes + threads of this uid)
+    fsize_mb: int = 512                               # largest file the kernel may write
+    nofile: int = 1024                                # open files
+
+
+def namespaces_available() -> bool:
+    """Whether this process may create the namespaces the ``namespaces`` level needs."""
+    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
+        return False
+    probe = subprocess.run([sys.executable, "-c", "import ctypes,sys; sys.exit(ctypes.CDLL(None).unshare("
+                            f"{_CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWUTS}) != 0)"],
+                           capture_output=True, timeout=60)
+    return probe.returncode == 0
+
+
+def default_level() -> str:
+    """The strongest level this machine allows."""
+    if namespaces_available():
+        return "namespaces"
+    return "uid" if os.geteuid() == 0 else "none"
+
+
+class Zygote:
+    """Host side: a preloaded process that forks sandboxed kernels on request."""
+
+    def __init__(self, preload: list[str], env: dict[str, str], log: Path) -> None:
+        self._log = open(log, "ab")
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *preload],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env,
+                                     cwd="/")
+        self._ready = False
+        self._logpath = log
+
+    def wait_ready(self) -> None:
+        """Block until the preloads are imported (the zygote starts in the background)."""
+        if not self._ready:
+            ready = self._read()
+            if ready.get("ready") is not True:
+                raise RuntimeError(f"the kernel zygote did not start: {ready.get('error')} (see {self._logpath})")
+            self._ready = True
+
+    def _read(self) -> dict:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the kernel zygote exited (code {self.proc.wait()})")
+        return json.loads(line)
+
+    def spawn(self, spec: Spec) -> int:
+        """Start a kernel; return the host PID of its sandbox (kill that process group to end it)."""
+        assert self.proc.stdin is not None
+        self.wait_ready()
+        self.proc.stdin.write((json.dumps(asdict(spec)) + "\n").encode())
+        self.proc.stdin.flush()
+        answer = self._read()
+        if "pid" not in answer:
+            raise RuntimeError(f"the kernel zygote could not fork: {answer.get('error')}")
+        return int(answer["pid"])
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._log.close()
+        if self._logpath.exists() and self._logpath.stat().st_size == 0:
+            self._logpath.unlink()
+
+
+def exit_status(workdir: Path) -> int | None:
+    """The kernel's exit code as its sandbox recorded it (None while it runs)."""
+    try:
+        return int((workdir / "exit").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- inside the zygote
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = (lambda s: s.encode() if s is not None else None)
+    _check(_libc().mount(enc(src), enc(dst), enc(fstype), flags, enc(data)), f"mount {src} -> {dst}")
+
+
+def _bind(src: str, root: str, writable: bool = False) -> None:
+    """Bind host path ``src`` at the same path under ``root`` (read-only unless ``writable``)."""
+    dst = root + src
+    if os.path.isdir(src):
+        os.makedirs(dst, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        open(dst, "a").close()
+    _mount(src, dst, None, _MS_BIND | _MS_REC)
+    _mount(None, dst, None, _MS_BIND | _MS_REMOUNT | _MS_NOSUID | (0 if writable else _MS_RDONLY))
+
+
+def _build_root(spec: Spec) -> None:
+    """Make the minimal root file system under ``spec.root`` and chroot into it."""
+    root = spec.root
+    _mount("tmpfs", root, "tmpfs", _MS_NOSUID, "size=16m,mode=755")
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            os.symlink(os.readlink(top), root + top)
+        elif os.path.isdir(top):
+            _bind(top, root)
+    os.makedirs(root + "/dev", exist_ok=True)
+    _mount("tmpfs", root + "/dev", "tmpfs", _MS_NOSUID, "size=64k,mode=755")
+    for dev in [f"/dev/{d}" for d in _DEVICES] + spec.devices:
+        if os.path.exists(dev):
+            open(root + dev, "a").close()
+            _mount(dev, root + dev, None, _MS_BIND)
+    os.symlink("/proc/self/fd", root + "/dev/fd")
+    for mnt in ("/dev/shm", "/tmp"):
+        os.makedirs(root + mnt, exist_ok=True)
+        _mount("tmpfs", root + mnt, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={spec.tmp_mb}m,mode=1777")
+    os.makedirs(root + "/proc", exist_ok=True)
+    _mount("proc", root + "/proc", "proc", _MS_NOSUID | _MS_NODEV)
+    for path in ["/usr", "/etc", "/sys", *spec.ro]:
+        if os.path.exists(path):
+            _bind(path, root)
+    for path in spec.rw:
+        _bind(path, root, writable=True)
+    os.chroot(root)
+
+
+def _drop(spec: Spec) -> None:
+    """Become ``spec.uid`` with no supplementary groups and no way back to privileges."""
+    if os.geteuid() == 0 and spec.level != "none":
+        os.setgroups([])
+        os.setresgid(spec.uid, spec.uid, spec.uid)
+        os.setresuid(spec.uid, spec.uid, spec.uid)
+    _check(_libc().prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+
+
+def _limit(spec: Spec) -> None:
+    mb = 1 << 20
+    limits = {resource.RLIMIT_NPROC: spec.nproc, resource.RLIMIT_FSIZE: spec.fsize_mb * mb,
+              resource.RLIMIT_NOFILE: spec.nofile, resource.RLIMIT_CORE: 0}
+    if spec.memory_mb:
+        limits[resource.RLIMIT_AS] = spec.memory_mb * mb
+    for kind, value in limits.items():
+        resource.setrlimit(kind, (value, value))
+
+
+def _die_with_parent() -> None:
+    _check(_libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+def _run_kernel(spec: Spec) -> None:
+    """The kernel process: unprivileged, limited, running ipykernel with the preloaded modules."""
+    _die_with_parent()
+    _drop(spec)
+    _limit(spec)
+    os.environ.clear()
+    os.environ.update(spec.env)
+    os.chdir(spec.cwd)
+    if "torch" in sys.modules and spec.env.get("OMP_NUM_THREADS", "").isdigit():
+        sys.modules["torch"].set_num_threads(int(spec.env["OMP_NUM_THREADS"]))
+    sys.argv = ["ipykernel_launcher", *spec.argv]
+    from ipykernel import kernelapp
+    kernelapp.launch_new_instance()
+
+
+def _reap(child: int) -> int:
+    """Reap every child (orphans too, as PID 1 must) until ``child`` exits; return its exit code."""
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return 1
+        if pid == child:
+            return os.waitstatus_to_exitcode(status)
+
+
+def _sandbox(spec: Spec) -> int:
+    """PID 1 of the sandbox: build the root, fork the kernel, reap; return the kernel's exit code."""
+    _die_with_parent()
+    if spec.level == "namespaces":
+        _build_root(spec)
+    os.chdir(spec.cwd)
+    child = os.fork()
+    if child == 0:
+        try:
+            _run_kernel(spec)
+            os._exit(0)
+        except BaseException as err:  # never fall back into the caller's code
+            print(f"sandbox: the kernel failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+            os._exit(127)
+    _drop(spec)
+    code = _reap(child)
+    return code if code >= 0 else 128 - code  # killed by signal N → 128 + N, as a shell reports it
+
+
+def _spawned(spec: Spec) -> None:
+    """The zygote's child: namespaces, then the sandbox as its child; record the exit code."""
+    code = 126
+    try:
+        os.setsid()
+        _die_with_parent()
+        log = os.open(os.path.join(spec.workdir, "kernel.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.closerange(3, 65536)
+        if spec.level == "namespaces":
+            _check(_libc().unshare(_CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWUTS),
+                   "unshare")
+            _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+        child = os.fork()
+        if child == 0:
+            try:
+                os._exit(_sandbox(spec))
+            except BaseException as err:
+                print(f"sandbox: set-up failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+                os._exit(125)
+        _, status = os.waitpid(child, 0)
+        code = os.waitstatus_to_exitcode(status)
+        code = code if code >= 0 else 128 - code
+    except BaseException as err:
+        print(f"sandbox: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    finally:
+        try:
+            with open(os.path.join(spec.workdir, "exit"), "w") as fh:
+                fh.write(str(code))
+        finally:
+            os._exit(code)
+
+
+def zygote_main(preload: list[str]) -> None:
+    """Import ``preload`` once, then fork a sandboxed kernel for each spec read from stdin."""
+    _die_with_parent()
+    if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
+        sys.path.pop(0)  # this folder is not a place to import from
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # library chatter goes to the log, not into the protocol
+    try:
+        import importlib
+        for name in preload:
+            importlib.import_module(name)
+    except BaseException as err:
+        out.write(json.dumps({"ready": False, "error": f"{type(err).__name__}: {err}"}) + "\n")
+        raise
+    out.write(json.dumps({"ready": True}) + "\n")
+    stdin: IO[str] = sys.stdin
+    for line in stdin:
+        try:
+            spec = Spec(**json.loads(line))
+            pid = os.fork()
+            if pid == 0:
+                _spawned(spec)
+            out.write(json.dumps({"pid": pid}) + "\n")
+        except Exception as err:  # answer and go on: one bad spec must not stop the worker
+            out.write(json.dumps({"error": f"{type(err).__name__}: {err}"}) + "\n")
+        while True:  # reap finished sandboxes
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+
+
+if __name__ == "__main__":
+    zygote_main(sys.argv[1:])
