@@ -70,50 +70,64 @@ def _as_weight(w: np.ndarray) -> np.ndarray:
     return w[None, None] if w.ndim == 2 else w
 
 
-def conv2d_loops(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, stride: int = 1,
-                 padding: int = 0, dilation: int = 1) -> np.ndarray:
-    """Convolution with explicit loops — slow, but every multiply-add is visible.
+def conv2d_loops(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
+                 stride: int = 1, padding: int = 0,
+                 dilation: int = 1) -> np.ndarray:
+    """Convolution with explicit loops: slow, every multiply-add visible.
 
-    ``x``: (C, H, W) or (H, W); ``w``: (O, C, K, K) or (K, K). Returns (O, H', W').
+    ``x``: (C, H, W) or (H, W); ``w``: (O, C, K, K) or (K, K).
+    Returns (O, H', W').
     """
     xb, _ = _as_batch(x)
     x3, w4 = xb[0], _as_weight(w)
     c_out, c_in, kh, kw = w4.shape
     if x3.shape[0] != c_in:
-        raise ValueError(f"input has {x3.shape[0]} channels, kernel expects {c_in}")
+        raise ValueError(f"input has {x3.shape[0]} channels, "
+                         f"kernel expects {c_in}")
     xp = np.pad(x3, ((0, 0), (padding, padding), (padding, padding)))
     ho = conv_output_size(x3.shape[1], kh, stride, padding, dilation)
     wo = conv_output_size(x3.shape[2], kw, stride, padding, dilation)
+    span_h, span_w = dilation * (kh - 1) + 1, dilation * (kw - 1) + 1
     out = np.zeros((c_out, ho, wo), dtype=np.result_type(x3, w4))
-    for o in range(c_out):
-        for i in range(ho):
-            for j in range(wo):
+    for o in range(c_out):                  # every filter
+        for i in range(ho):                 # every output row
+            for j in range(wo):             # every output column
                 r, c = i * stride, j * stride
-                patch = xp[:, r:r + dilation * (kh - 1) + 1:dilation, c:c + dilation * (kw - 1) + 1:dilation]
-                out[o, i, j] = np.sum(patch * w4[o]) + (b[o] if b is not None else 0)
+                patch = xp[:, r:r + span_h:dilation, c:c + span_w:dilation]
+                out[o, i, j] = np.sum(patch * w4[o])
+                if b is not None:
+                    out[o, i, j] += b[o]
     return out
 
 
-def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, stride: int = 1,
-           padding: int = 0, dilation: int = 1, groups: int = 1) -> np.ndarray:
-    """Vectorized convolution (sliding windows + one ``einsum``), like ``F.conv2d``.
+def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
+           stride: int = 1, padding: int = 0, dilation: int = 1,
+           groups: int = 1) -> np.ndarray:
+    """Vectorized convolution (sliding windows + one ``einsum``).
 
-    ``x``: (H, W), (C, H, W) or (N, C, H, W); ``w``: (K, K) or (O, C/groups, K, K).
-    Returns (N, O, H', W'), or (O, H', W') when ``x`` had no batch axis.
+    ``x``: (H, W), (C, H, W) or (N, C, H, W);
+    ``w``: (K, K) or (O, C/groups, K, K). Returns (N, O, H', W'),
+    or (O, H', W') when ``x`` had no batch axis — like ``F.conv2d``.
     """
     xb, single = _as_batch(x)
     w4 = _as_weight(w)
     n, c_in, h, wd = xb.shape
     c_out, c_grp, kh, kw = w4.shape
     if c_in != c_grp * groups or c_out % groups:
-        raise ValueError(f"channels do not match: input {c_in}, kernel {w4.shape}, groups {groups}")
-    xp = np.pad(xb, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
-    span_h, span_w = dilation * (kh - 1) + 1, dilation * (kw - 1) + 1
-    win = sliding_window_view(xp, (span_h, span_w), axis=(2, 3))[..., ::dilation, ::dilation]
-    win = win[:, :, ::stride, ::stride]                       # (N, C, H', W', K, K)
-    win = win.reshape(n, groups, c_grp, *win.shape[2:])        # (N, G, C/G, H', W', K, K)
-    wg = w4.reshape(groups, c_out // groups, c_grp, kh, kw)    # (G, O/G, C/G, K, K)
-    out = np.einsum("ngchwij,gocij->ngohw", win, wg, optimize=True).reshape(n, c_out, *win.shape[3:5])
+        raise ValueError(f"channels do not match: input {c_in}, "
+                         f"kernel {w4.shape}, groups {groups}")
+    pad = ((0, 0), (0, 0), (padding, padding), (padding, padding))
+    xp = np.pad(xb, pad)
+    span = (dilation * (kh - 1) + 1, dilation * (kw - 1) + 1)
+    win = sliding_window_view(xp, span, axis=(2, 3))
+    win = win[..., ::dilation, ::dilation]     # dilated taps only
+    win = win[:, :, ::stride, ::stride]        # (N, C, H', W', K, K)
+    ho, wo = win.shape[2:4]
+    win = win.reshape(n, groups, c_grp, ho, wo, kh, kw)
+    wg = w4.reshape(groups, c_out // groups, c_grp, kh, kw)
+    # sum over input channels c and kernel taps i, j, per group g
+    out = np.einsum("ngchwij,gocij->ngohw", win, wg, optimize=True)
+    out = out.reshape(n, c_out, ho, wo)
     if b is not None:
         out = out + np.asarray(b)[None, :, None, None]
     return out[0] if single else out

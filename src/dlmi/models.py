@@ -70,12 +70,15 @@ class AlexNetStyle(nn.Module):
 
 
 class VGGBlock(nn.Sequential):
-    """VGG's unit: ``n_convs`` 3×3 convolutions ('same' padding) with ReLU, then 2×2 max pooling."""
+    """VGG's unit: ``n_convs`` 3×3 convolutions ('same' padding) with ReLU,
+    then 2×2 max pooling."""
 
-    def __init__(self, c_in: int, c_out: int, n_convs: int = 2, batchnorm: bool = False) -> None:
+    def __init__(self, c_in: int, c_out: int, n_convs: int = 2,
+                 batchnorm: bool = False) -> None:
         layers: list[nn.Module] = []
         for i in range(n_convs):
-            layers.append(nn.Conv2d(c_in if i == 0 else c_out, c_out, 3, padding=1))
+            c = c_in if i == 0 else c_out
+            layers.append(nn.Conv2d(c, c_out, 3, padding=1))
             if batchnorm:
                 layers.append(nn.BatchNorm2d(c_out))
             layers.append(nn.ReLU())
@@ -83,47 +86,60 @@ class VGGBlock(nn.Sequential):
         super().__init__(*layers)
 
 
+def _conv_relu(c_in: int, c_out: int, k: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=k // 2), nn.ReLU())
+
+
 class InceptionModule(nn.Module):
-    """GoogLeNet's Inception module: 1×1, 3×3, 5×5 convolutions and 3×3 max pooling in parallel,
-    concatenated along channels. With ``reduce=True`` (the real design) 1×1 convolutions shrink
-    the channels before the 3×3 and 5×5 ones and after the pooling; ``reduce=False`` is the
-    naive version, for comparison."""
+    """GoogLeNet's Inception module: 1×1, 3×3 and 5×5 convolutions and 3×3
+    max pooling in parallel, concatenated along channels.
 
-    def __init__(self, c_in: int, c1: int, c3_reduce: int, c3: int, c5_reduce: int, c5: int,
-                 pool_proj: int, reduce: bool = True) -> None:
+    With ``reduce=True`` (the real design) 1×1 convolutions shrink the
+    channels before the 3×3 and 5×5 ones and after the pooling;
+    ``reduce=False`` is the naive version, for comparison.
+    """
+
+    def __init__(self, c_in: int, c1: int, c3_reduce: int, c3: int,
+                 c5_reduce: int, c5: int, pool_proj: int,
+                 reduce: bool = True) -> None:
         super().__init__()
-
-        def conv(ci: int, co: int, k: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(ci, co, k, padding=k // 2), nn.ReLU())
-
-        self.branch1 = conv(c_in, c1, 1)
+        self.branch1 = _conv_relu(c_in, c1, 1)
         if reduce:
-            self.branch3 = nn.Sequential(conv(c_in, c3_reduce, 1), conv(c3_reduce, c3, 3))
-            self.branch5 = nn.Sequential(conv(c_in, c5_reduce, 1), conv(c5_reduce, c5, 5))
-            self.branch_pool = nn.Sequential(nn.MaxPool2d(3, 1, 1), conv(c_in, pool_proj, 1))
+            self.branch3 = nn.Sequential(_conv_relu(c_in, c3_reduce, 1),
+                                         _conv_relu(c3_reduce, c3, 3))
+            self.branch5 = nn.Sequential(_conv_relu(c_in, c5_reduce, 1),
+                                         _conv_relu(c5_reduce, c5, 5))
+            self.branch_pool = nn.Sequential(nn.MaxPool2d(3, 1, 1),
+                                             _conv_relu(c_in, pool_proj, 1))
         else:
-            self.branch3 = conv(c_in, c3, 3)
-            self.branch5 = conv(c_in, c5, 5)
+            self.branch3 = _conv_relu(c_in, c3, 3)
+            self.branch5 = _conv_relu(c_in, c5, 5)
             self.branch_pool = nn.MaxPool2d(3, 1, 1)
         self.out_channels = c1 + c3 + c5 + (pool_proj if reduce else c_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.branch1(x), self.branch3(x), self.branch5(x), self.branch_pool(x)], dim=1)
+        branches = [self.branch1, self.branch3, self.branch5, self.branch_pool]
+        return torch.cat([branch(x) for branch in branches], dim=1)
 
 
 class BasicBlock(nn.Module):
-    """ResNet's basic block: ``relu(F(x) + shortcut(x))`` with ``F`` = conv3-BN-ReLU-conv3-BN.
-    The shortcut is the identity, or a strided 1×1 conv + BN when the shape changes."""
+    """ResNet's basic block: ``relu(F(x) + shortcut(x))``, ``F`` =
+    conv3-BN-ReLU-conv3-BN. The shortcut is the identity, or a strided
+    1×1 conv + BN when the shape changes."""
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
         super().__init__()
         self.residual = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
-            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(c_out), nn.ReLU(),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c_out),
         )
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False),
+                nn.BatchNorm2d(c_out))
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,13 +147,16 @@ class BasicBlock(nn.Module):
 
 
 class DepthwiseSeparable(nn.Sequential):
-    """MobileNet's block: a 3×3 depthwise convolution (one filter per channel, ``groups=c_in``)
-    then a 1×1 pointwise convolution that mixes channels; each followed by BN and ReLU."""
+    """MobileNet's block: a 3×3 depthwise convolution (one filter per
+    channel, ``groups=c_in``), then a 1×1 pointwise convolution that mixes
+    the channels; each followed by BN and ReLU."""
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
         super().__init__(
-            nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False), nn.BatchNorm2d(c_in), nn.ReLU(),
-            nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+            nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False),
+            nn.BatchNorm2d(c_in), nn.ReLU(),
+            nn.Conv2d(c_in, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out), nn.ReLU(),
         )
 
 
@@ -197,12 +216,15 @@ def count_params(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _layer_macs(module: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
-    """Multiply-accumulates of one weight layer for the given input and output."""
-    if isinstance(module, nn.ConvTranspose2d):  # each input value meets C_out/g · K·K weights
+def _layer_macs(module: nn.Module, inp: torch.Tensor,
+                out: torch.Tensor) -> int:
+    """Multiply-accumulates of one weight layer for this input/output."""
+    if isinstance(module, nn.ConvTranspose2d):
+        # each input value meets C_out/g · K·K weights
         k = module.kernel_size[0] * module.kernel_size[1]
         return inp.numel() * module.out_channels // module.groups * k
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):  # each output value: C_in/g · K·K
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        # each output value is a sum over C_in/g · K·K products
         k = 1
         for s in module.kernel_size:
             k *= s

@@ -43,15 +43,20 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return (logits.argmax(1) == y).float().mean().item()
 
 
-def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: float = 1e-3,
-        batch_size: int = 128, weight_decay: float = 0.0, val: tuple[torch.Tensor, torch.Tensor] | None = None,
-        optimizer: torch.optim.Optimizer | None = None, loss_fn: nn.Module | None = None,
-        device: torch.device | None = None, seed: int = 0, progress: bool = False) -> History:
-    """Train ``model`` on tensors with mini-batch Adam (or ``optimizer``); return its history."""
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int,
+        lr: float = 1e-3, batch_size: int = 128, weight_decay: float = 0.0,
+        val: tuple[torch.Tensor, torch.Tensor] | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        loss_fn: nn.Module | None = None, device: torch.device | None = None,
+        seed: int = 0, progress: bool = False) -> History:
+    """Train ``model`` on tensors with mini-batch Adam (or ``optimizer``);
+    return its history."""
     dev = device or default_device()
     model.to(dev)
-    loss_fn = loss_fn or (nn.BCEWithLogitsLoss() if y.ndim == 2 else nn.CrossEntropyLoss())
-    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    if loss_fn is None:  # multi-label targets are (N, L) floats
+        loss_fn = nn.BCEWithLogitsLoss() if y.ndim == 2 else nn.CrossEntropyLoss()
+    optimizer = optimizer or torch.optim.Adam(
+        model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     history = History()
     bar = tqdm(range(epochs), desc="epochs", disable=not progress)
@@ -69,8 +74,11 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
         if val is not None:
             logits, target = predict(model, val[0]), val[1].cpu()
             history.val_acc.append(accuracy(logits, target))
-            history.val_loss.append(loss_fn(logits, target).item())
-            bar.set_postfix(loss=f"{history.loss[-1]:.3f}", val_acc=f"{history.val_acc[-1]:.3f}")
+            with torch.no_grad():
+                val_loss = loss_fn(logits.to(dev), target.to(dev)).item()
+            history.val_loss.append(val_loss)
+            bar.set_postfix(loss=f"{history.loss[-1]:.3f}",
+                            val_acc=f"{history.val_acc[-1]:.3f}")
     return history
 
 

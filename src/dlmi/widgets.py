@@ -16,16 +16,27 @@ from . import conv, physics
 
 
 def show_row(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, cmap: str = "gray",
-             size: float = 3.0, **imshow: object) -> tuple[plt.Figure, np.ndarray]:
-    """Images side by side without axes, with optional titles; returns ``(fig, axes)``."""
-    fig, axes = plt.subplots(1, len(images), figsize=(size * len(images), size), squeeze=False)
-    for i, (ax, img) in enumerate(zip(axes[0], images)):
-        ax.imshow(img, cmap=cmap, **imshow)
-        if titles is not None:
-            ax.set_title(titles[i], fontsize=10)
+             size: float = 3.0, ncols: int = 4, max_width: float = 8.5,
+             **imshow: object) -> tuple[plt.Figure, np.ndarray]:
+    """Images in a grid of at most ``ncols`` per row, without axes, with optional titles.
+
+    Panels are ``size`` inches, shrunk so a row is at most ``max_width`` inches (a book page's
+    width); returns ``(fig, axes)`` with ``axes`` flat, one per image.
+    """
+    ncols = max(1, min(ncols, len(images)))
+    nrows = -(-len(images) // ncols)
+    size = min(size, max_width / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, (size + 0.3) * nrows), squeeze=False)
+    flat = axes.ravel()
+    for i, ax in enumerate(flat):
         ax.axis("off")
+        if i >= len(images):
+            continue
+        ax.imshow(images[i], cmap=cmap, **imshow)
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=9)
     fig.tight_layout()
-    return fig, axes[0]
+    return fig, flat[:len(images)]
 
 
 def ct_explorer(image: np.ndarray) -> widgets.interactive:
