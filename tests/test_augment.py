@@ -116,3 +116,29 @@ def test_fit_augmented_learns():
     h = augment.fit_augmented(model, x, y, v2.RandomHorizontalFlip(), epochs=30, lr=0.01,
                               device=torch.device("cpu"))
     assert len(h.loss) == 30 and sum(h.loss[-3:]) < sum(h.loss[:3])
+
+
+@pytest.mark.parametrize("name", augment.EXPLORER_AUGMENTATIONS)
+def test_strength_zero_is_identity_and_one_changes(name):
+    x = tv_tensors.Image(torch.rand(3, 32, 32))
+    torch.manual_seed(0)
+    assert torch.allclose(augment.strength_transform(name, 0.0, 32)(x), x, atol=1e-3), name
+    assert not torch.allclose(augment.strength_transform(name, 1.0, 32)(x), x, atol=1e-3), name
+    with pytest.raises(ValueError):
+        augment.strength_transform("mirror", 0.5, 32)
+
+
+def test_explorer_builds():
+    w = augment.explorer({"noise": torch.rand(3, 16, 16)})
+    assert len(w.children) >= 4
+
+
+def test_lesion_contrast():
+    img = torch.zeros(32, 32)
+    les = augment.disk_mask((32, 32), (16, 16), 3)
+    img[les] = 1.0
+    g = torch.Generator().manual_seed(0)
+    noisy = img + 0.5 * torch.randn(32, 32, generator=g)
+    clean, low = augment.lesion_contrast(img + 1e-3 * torch.randn(32, 32, generator=g), les), augment.lesion_contrast(noisy, les)
+    assert clean["contrast"] == pytest.approx(1.0, abs=0.01) and clean["cnr"] > 100
+    assert 1 < low["cnr"] < 4

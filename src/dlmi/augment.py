@@ -97,11 +97,11 @@ def policy(kind: Policy, rgb: bool = False) -> v2.Transform:
     """A training-time policy for small classification images.
 
     ``geometric``: random flips and 90° rotations (for images with no canonical orientation,
-    e.g. histology); ``intensity``: brightness/contrast (and, for RGB, stain-like hue/saturation)
+    e.g. histology); ``intensity``: brightness/contrast (and, for RGB, saturation)
     jitter plus mild Gaussian noise; ``geometric+intensity``: both; ``none``: identity.
     """
     geometric = [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip(), random_rot90()]
-    jitter = v2.ColorJitter(0.2, 0.2, 0.2, 0.03) if rgb else v2.ColorJitter(0.2, 0.2)
+    jitter = v2.ColorJitter(0.2, 0.2, 0.2) if rgb else v2.ColorJitter(0.2, 0.2)
     intensity = [v2.RandomApply([jitter], p=0.8), v2.GaussianNoise(sigma=0.03)]
     parts = {"none": [], "geometric": geometric, "intensity": intensity, "geometric+intensity": geometric + intensity}
     if kind not in parts:
@@ -195,11 +195,11 @@ def fit_augmented(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def augmentation_trial(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor],
                        tests: Mapping[str, tuple[torch.Tensor, torch.Tensor]], kind: Policy, *,
-                       epochs: int, seed: int, rgb: bool = False, lr: float = 2e-3,
+                       epochs: int, seed: int, rgb: bool = False, lr: float = 2e-3, batch_size: int = 32,
                        device: torch.device | None = None) -> dict[str, float]:
     """Train ``model`` with policy ``kind`` and return accuracy on each named evaluation set."""
     transform = None if kind == "none" else policy(kind, rgb)
-    fit_augmented(model, *train, transform, epochs=epochs, lr=lr, seed=seed, device=device)
+    fit_augmented(model, *train, transform, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
     return {name: accuracy(predict(model, xs), ys) for name, (xs, ys) in tests.items()}
 
 
@@ -237,3 +237,69 @@ def show_grid(images: Sequence[torch.Tensor], titles: Sequence[str], ncols: int 
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def strength_transform(name: str, strength: float, size: int) -> v2.Transform:
+    """One named augmentation at ``strength`` in [0, 1] (0 = identity) for ``size``-pixel
+    float images: the knob of the book's explorer."""
+    s = float(min(max(strength, 0.0), 1.0))
+    table: dict[str, Callable[[], v2.Transform]] = {
+        "rotation": lambda: v2.RandomRotation(45 * s),
+        "crop + resize": lambda: v2.RandomResizedCrop(size, scale=(1 - 0.9 * s, 1.0),
+                                                      ratio=(1 - 0.25 * s, 1 + 0.33 * s), antialias=True),
+        "colour jitter": lambda: v2.ColorJitter(s, s, s, 0.5 * s),
+        "Gaussian noise": lambda: v2.GaussianNoise(sigma=0.3 * s),
+        "speckle noise": lambda: SpeckleNoise(0.8 * s),
+        "Gaussian blur": lambda: v2.GaussianBlur(2 * (size // 16) + 1, sigma=0.1 + 4 * s),
+        "cutout": lambda: v2.RandomErasing(p=1.0 if s > 0 else 0.0, scale=(0.02, max(0.02, 0.3 * s)), value=0.0),
+        "elastic": lambda: v2.ElasticTransform(alpha=2.0 * size * s, sigma=max(2.0, size / 25)),
+    }
+    if name not in table:
+        raise ValueError(f"Unknown augmentation {name!r}; choose one of {', '.join(table)}.")
+    return table[name]()
+
+
+EXPLORER_AUGMENTATIONS = ("rotation", "crop + resize", "colour jitter", "Gaussian noise", "speckle noise",
+                          "Gaussian blur", "cutout", "elastic")
+
+
+def explorer(images: Mapping[str, torch.Tensor]):
+    """An ipywidgets explorer: pick an image, an augmentation and its strength, see four draws.
+
+    ``images`` maps names to float (C, H, W) tensors in [0, 1]. Returns ``ipywidgets.interactive``.
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    def show(image: str, augmentation: str, strength: float = 0.5, seed: int = 0) -> None:
+        x = tv_tensors.Image(images[image])
+        t = strength_transform(augmentation, strength, x.shape[-1])
+        torch.manual_seed(seed)
+        show_grid([x] + [t(x) for _ in range(4)], ["original"] + [f"draw {i + 1}" for i in range(4)],
+                  ncols=5, size=2.2)
+        plt.show()
+
+    return widgets.interactive(
+        show, image=widgets.Dropdown(options=list(images)),
+        augmentation=widgets.Dropdown(options=list(EXPLORER_AUGMENTATIONS)),
+        strength=widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05),
+        seed=widgets.IntSlider(value=0, min=0, max=20))
+
+
+def disk_mask(shape: tuple[int, int], center: tuple[float, float], radius: float) -> torch.Tensor:
+    """Boolean (H, W) mask of a disk at ``center = (row, col)``."""
+    rows, cols = torch.meshgrid(torch.arange(shape[0]), torch.arange(shape[1]), indexing="ij")
+    return (rows - center[0]) ** 2 + (cols - center[1]) ** 2 <= radius**2
+
+
+def lesion_contrast(image: torch.Tensor, lesion: torch.Tensor, ring: float = 4.0) -> dict[str, float]:
+    """Contrast (mean inside − mean of a surrounding ring ``ring`` pixels wide) and
+    contrast-to-noise ratio (contrast / std of the ring) of a lesion mask in a 2D image."""
+    img = image.as_subclass(torch.Tensor).squeeze().float()
+    from torch.nn.functional import max_pool2d
+
+    k = 2 * int(ring) + 1
+    grown = max_pool2d(lesion.float()[None, None], k, stride=1, padding=int(ring))[0, 0].bool()
+    background = grown & ~lesion
+    contrast = img[lesion].mean() - img[background].mean()
+    return {"contrast": float(contrast), "cnr": float(contrast / img[background].std().clamp_min(1e-8))}
