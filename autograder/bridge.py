@@ -23,6 +23,7 @@ from typing import Any, Callable
 MIME = "application/x-dlmi-bridge+json"
 INLINE_BYTES = 1 << 16           # arrays larger than this go judge → kernel through a file
 MAX_ITEMS = 100_000              # longest list/iteration sent back
+LARGE_BYTES = 8 << 20            # a variable bigger than this is fetched as a handle (index it instead)
 _NUMERIC_KINDS = set("biufc")    # bool, int, uint, float, complex
 
 _handles: dict[int, Any] = {}
@@ -96,8 +97,9 @@ def encode(value: Any, *, handle: Callable[[Any], dict], array_out: Callable[[by
             return handle(value)
     if module == "numpy" and hasattr(value, "dtype") and getattr(value.dtype, "kind", "O") in _NUMERIC_KINDS:
         return {"$ndarray": stub(_npy_bytes(value)), "scalar": type(value).__name__ != "ndarray"}
-    if type(value) in (list, tuple) and len(value) <= MAX_ITEMS:
-        return {"$list" if type(value) is list else "$tuple": [rec(v) for v in value]}
+    if isinstance(value, (list, tuple)) and len(value) <= MAX_ITEMS and (type(value) in (list, tuple) or
+                                                                         type(value).__name__ == "Size"):
+        return {"$list" if isinstance(value, list) else "$tuple": [rec(v) for v in value]}
     if type(value) is dict and len(value) <= MAX_ITEMS:
         return {"$dict": [[rec(k), rec(v)] for k, v in value.items()]}
     return handle(value)
@@ -203,6 +205,8 @@ def serve(request_json: str) -> None:
         kwargs = {k: _kernel_decode(v) for k, v in request.get("kwargs", {}).items()}
         if op == "get":
             value = target
+            if getattr(value, "nbytes", 0) > LARGE_BYTES and hasattr(value, "shape"):
+                request["as_handle"] = True
         elif op == "call":
             value = target(*args, **kwargs)
         elif op == "getattr":
@@ -278,3 +282,24 @@ def allow() -> None:
     while _forbidden:
         owner, attr, original = _forbidden.pop()
         setattr(owner, attr, original)
+
+
+def forbid_split(split: str, message: str) -> None:
+    """Make every ``dlmi.load_medmnist*`` call for ``split`` raise ``message`` (undo with :func:`allow`)."""
+    import functools
+
+    import dlmi
+    import dlmi.datasets
+
+    for owner in (dlmi, dlmi.datasets):
+        for attr in ("load_medmnist", "load_medmnist_tensors"):
+            original = getattr(owner, attr)
+
+            @functools.wraps(original)
+            def guarded(flag: str, which: str, *args: Any, _original: Callable = original, **kwargs: Any) -> Any:
+                if which == split:
+                    raise RuntimeError(message)
+                return _original(flag, which, *args, **kwargs)
+
+            _forbidden.append((owner, attr, original))
+            setattr(owner, attr, guarded)

@@ -25,9 +25,9 @@ import nbformat
 from nbformat import NotebookNode
 from nbformat.v4 import new_output
 
-from . import course, notebook
+from . import course, data, notebook
 from .judge import judge_test
-from .kernel import KernelSession, Limits, SubmissionFailure, gpu_devices, readonly_paths, slot_env
+from .kernel import KernelSession, Limits, SubmissionFailure, claim_uid, gpu_devices, readonly_paths, slot_env
 from .sandbox import PRELOAD, Zygote
 
 CSV_FIELDS = ["student", "status", "score", "max_score", "manual_score", "manual_max", "runtime_s", "device",
@@ -96,15 +96,32 @@ def resolve_device(device: str) -> tuple[str, list[str]]:
 
 
 def prepare_data(settings: dict) -> tuple[dict[str, str], list[str]]:
-    """Make the lab's data set available read-only to kernels: (environment, paths to bind)."""
+    """Make the lab's data set readable by kernels: (environment, paths to bind read-only).
+
+    The file dlmi would load (made now if it is the stand-in) is copied, world-readable, into a
+    grader folder that mirrors the data root; kernels see only that copy.
+    """
     data = settings.get("data")
     if not data:
         return {}, []
-    import dlmi
-    mode = dlmi.resolve_mode(data["flag"], data.get("size", 28))
-    dlmi.load_medmnist(data["flag"], "train", data.get("size", 28), mode=mode)  # writes the stand-in if needed
-    root = str(dlmi.data_root().resolve())
-    return {"DLMI_DATA": mode, "DLMI_DATA_DIR": root}, [root]
+    from dlmi.datasets import data_root, resolve
+
+    flag, size = data["flag"], data.get("size", 28)
+    mode, _, path = resolve(flag, size)
+    rel = path.resolve().relative_to(data_root().resolve())
+    view = Path(_scratch_base()) / "data"
+    target = view / rel
+    if not target.exists() or target.stat().st_size != path.stat().st_size or \
+            target.stat().st_mtime < path.stat().st_mtime:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(".tmp")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+    for p in [target, *target.parents]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        if p == view:
+            break
+    return {"DLMI_DATA": mode, "DLMI_DATA_DIR": str(view)}, [str(view)]
 
 
 # ---------------------------------------------------------------------------- one submission
@@ -121,9 +138,10 @@ def _init_worker(slots: Any, options: Options, root: str, preload: list[str], id
     log = Path(_scratch_base()) / f"zygote-{slot}-{os.getpid()}.log"
     zygote = Zygote(list(dict.fromkeys([*PRELOAD, *preload])), env, log)
     atexit.register(zygote.close)
+    uid, lock = claim_uid(Path(_scratch_base()))
     import torch  # noqa: F401 — the judge's references; imported while the zygote starts
     zygote.wait_ready()
-    _worker.update(slot=slot, options=options, root=Path(root), zygote=zygote, ids=ids)
+    _worker.update(slot=slot, uid=uid, uid_lock=lock, options=options, root=Path(root), zygote=zygote, ids=ids)
 
 
 def _warm() -> int:
@@ -172,7 +190,7 @@ def grade_job(job: Job, pack: LabPack) -> dict[str, Any]:
         env = {**slot_env(slot, options.device, options.gpus), **pack.settings.get("_env", {})}
         workdir = Path(tempfile.mkdtemp(prefix=f"g{slot}-", dir=_scratch_base()))
         files = {f"{job.lab}.ipynb": path, **{k: Path(v) for k, v in pack.files.items()}}
-        with KernelSession(workdir, _worker["zygote"], slot=slot, limits=limits, level=options.level, env=env,
+        with KernelSession(workdir, _worker["zygote"], uid=_worker["uid"], limits=limits, level=options.level, env=env,
                            ro=readonly_paths(pack.settings.get("_ro", [])),
                            devices=gpu_devices() if options.device == "cuda" else [], files=files) as session:
             t0 = time.monotonic()
@@ -182,7 +200,8 @@ def grade_job(job: Job, pack: LabPack) -> dict[str, Any]:
             if pack.settings.get("audit_data"):
                 session.execute("__import__('sys').modules['__dlmi_bridge__'].install_data_audit()",
                                 "the grader's set-up", store_history=False, bridge_call=True)
-            context = {"device": env["DLMI_DEVICE"], "settings": pack.settings}
+            context = {"device": env["DLMI_DEVICE"], "settings": pack.settings,
+                       "providers": data.providers(pack.settings)}
             _execute(session, graded, result, context)
         result["status"] = "graded"
         result["score"] = sum(t["points"] for t in result["tests"])

@@ -1,12 +1,15 @@
 """Judge test cells in the grader's own (trusted) process.
 
 A test cell's source — visible and hidden parts — never runs in the student's kernel. The
-judge executes it here with fresh trusted imports; every name the test reads but does not
-define (``conv2d``, ``model``, ...) is fetched from the kernel through the bridge: data
-arrives as plain values and tensors, everything else as a :class:`Remote` proxy whose calls
-run in the kernel and return data. So ``np.allclose``, ``torch.allclose``, ``assert`` and the
-reference implementations used by a test are the grader's, whatever the student's code did
-to its own interpreter.
+judge executes it here with fresh trusted imports (``math``, ``np``, ``torch``, ``F`` and
+whatever the test imports itself); every other name the test reads but does not define
+(``conv2d``, ``model``, ``nn``, ``DataLoader``, ...) is fetched from the kernel through the
+bridge: data arrives as plain values and tensors, everything else as a :class:`Remote` proxy
+whose calls run in the kernel and return data (so a test builds kernel-side objects with the
+notebook's own names, e.g. ``nn.Linear(2, 2)``). Thus ``np.allclose``, ``torch.allclose``,
+``assert`` and the reference implementations a test uses are the grader's, whatever the
+student's code did to its own interpreter. Hidden tests may also use ``grader`` (see
+:class:`GraderHelpers`), which exists only here.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from typing import Any, Callable
 from . import bridge
 from .kernel import KernelSession, StudentError, SubmissionFailure
 
-PREAMBLE = "import math\nimport numpy as np\nimport torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n"
+PREAMBLE = "import math\nimport numpy as np\nimport torch\nimport torch.nn.functional as F\n"
 _TRUSTED_MODULES = ("torch", "numpy", "collections", "builtins")
 
 
@@ -186,6 +189,15 @@ class GraderHelpers:
     def forbid(self, *paths: str, message: str = "{name} is not allowed here: write it yourself"):
         """While the block runs, calling any of ``paths`` inside the kernel raises ``message``."""
         self.run(f"__import__('sys').modules['__dlmi_bridge__'].forbid({list(paths)!r}, {message!r})")
+        try:
+            yield
+        finally:
+            self.run("__import__('sys').modules['__dlmi_bridge__'].allow()")
+
+    @contextlib.contextmanager
+    def forbid_split(self, split: str, message: str):
+        """While the block runs, loading ``split`` with ``dlmi.load_medmnist*`` in the kernel raises ``message``."""
+        self.run(f"__import__('sys').modules['__dlmi_bridge__'].forbid_split({split!r}, {message!r})")
         try:
             yield
         finally:

@@ -7,6 +7,7 @@ ends the session with :class:`SubmissionFailure` (a status and a reason, never a
 """
 from __future__ import annotations
 
+import fcntl
 import glob
 import importlib.util
 import json
@@ -21,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 from jupyter_client.blocking.client import BlockingKernelClient
@@ -95,11 +96,10 @@ def readonly_paths(extra: list[str] | None = None) -> list[str]:
 class KernelSession:
     """A kernel for one submission in ``workdir`` (created and removed by the session)."""
 
-    def __init__(self, workdir: Path, zygote: sandbox.Zygote, *, slot: int, limits: Limits, level: str,
+    def __init__(self, workdir: Path, zygote: sandbox.Zygote, *, uid: int, limits: Limits, level: str,
                  env: dict[str, str], ro: list[str], devices: list[str] | None = None,
                  files: dict[str, Path] | None = None) -> None:
-        self.workdir, self.zygote, self.slot, self.limits, self.level = workdir, zygote, slot, limits, level
-        self.uid = UID_BASE + slot
+        self.workdir, self.zygote, self.uid, self.limits, self.level = workdir, zygote, uid, limits, level
         self.scratch, self.io = workdir / "home", workdir / "io"
         self.extra_env, self.ro, self.devices, self.files = env, ro, devices or [], files or {}
         self.deadline = float("inf")
@@ -184,23 +184,8 @@ class KernelSession:
             self.client.stop_channels()
         self._kill()
         if os.geteuid() == 0 and self.level != "none":
-            self._reap_uid()
+            reap_uid(self.uid)
         shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def _reap_uid(self, wait_s: float = 30) -> None:
-        """SIGKILL whatever still runs as the slot's user id and wait until it is gone (a dying fork bomb
-        would otherwise eat the next kernel's process limit)."""
-        start = time.monotonic()
-        while time.monotonic() < start + wait_s:
-            left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == self.uid]
-            if not left:
-                return
-            if time.monotonic() < start + 1:  # SIGKILL was sent: give the processes a moment to exit
-                time.sleep(0.02)
-                continue
-            subprocess.run([sys.executable, "-I", "-S", "-c", f"import os,signal; os.setresuid({self.uid},{self.uid},"
-                            f"{self.uid}); os.kill(-1, signal.SIGKILL)"], capture_output=True)
-            time.sleep(0.1)
 
     def __enter__(self) -> "KernelSession":
         return self
@@ -336,10 +321,10 @@ class KernelSession:
         code = ("import sys as _s, types as _t\n_m = _t.ModuleType('__dlmi_bridge__')\n"
                 f"exec(compile({source!r}, '<dlmi-bridge>', 'exec'), _m.__dict__)\n"
                 "_old = _s.modules.get('__dlmi_bridge__')\n"
-                "if _old is not None:\n"
-                "    _m._handles.update(getattr(_old, '_handles', {})); _m._next_handle[0] = max(_m._next_handle[0],"
-                " getattr(_old, '_next_handle', [0])[0]); _m.data_loads[:] = getattr(_old, 'data_loads', [])\n"
-                "_s.modules['__dlmi_bridge__'] = _m\ndel _s, _t, _m, _old\n")
+                "for _k in ('_handles', '_next_handle', 'data_loads', '_forbidden'):\n"
+                "    if type(getattr(_old, _k, None)) is type(getattr(_m, _k)):\n"
+                "        setattr(_m, _k, getattr(_old, _k))  # the same objects: wrappers made earlier still see them\n"
+                "_s.modules['__dlmi_bridge__'] = _m\ndel _s, _t, _m, _old, _k\n")
         result = self.execute(code, "the grader's bridge", store_history=False, bridge_call=True)
         if result.error:
             raise StudentError(result.error["ename"], result.error["evalue"], [])
@@ -372,6 +357,37 @@ class KernelSession:
         os.chmod(path, 0o644)
         return {"file": name}
 
+
+
+def claim_uid(folder: Path) -> tuple[int, IO[str]]:
+    """A sandbox user id no other grader process on this machine uses: (uid, lock held while open)."""
+    for uid in range(UID_BASE, UID_BASE + 1000):
+        lock = open(folder / f"uid-{uid}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        if os.geteuid() == 0:
+            reap_uid(uid)  # leftovers of a grader that crashed
+        return uid, lock
+    raise RuntimeError(f"no free sandbox user id in {UID_BASE}..{UID_BASE + 999}")
+
+
+def reap_uid(uid: int, wait_s: float = 30) -> None:
+    """SIGKILL whatever still runs as ``uid`` and wait until it is gone (a dying fork bomb would
+    otherwise eat the next kernel's process limit)."""
+    start = time.monotonic()
+    while time.monotonic() < start + wait_s:
+        left = [p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid]
+        if not left:
+            return
+        if time.monotonic() < start + 1:  # SIGKILL was sent: give the processes a moment to exit
+            time.sleep(0.02)
+            continue
+        subprocess.run([sys.executable, "-I", "-S", "-c", f"import os,signal; os.setresuid({uid},{uid},{uid}); "
+                        "os.kill(-1, signal.SIGKILL)"], capture_output=True)
+        time.sleep(0.1)
 
 
 def gpu_devices() -> list[str]:
