@@ -111,3 +111,26 @@ def test_overlay_shape():
     img = torch.rand(1, 8, 8)
     out = seg.overlay(img, img > 0.5)
     assert out.shape == (8, 8, 3) and out.max() <= 1
+
+
+def test_norm_options_and_explorer():
+    for norm in ("batch", "instance", "none"):
+        m = seg.UNet(1, 1, base=4, depth=1, norm=norm)
+        assert m(torch.rand(2, 1, 8, 8)).shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError):
+        seg.UNet(1, 1, norm="layer")
+    x = torch.rand(2, 1, 8, 8)
+    w = seg.threshold_explorer(x, x[:, 0], x[:, 0] > 0.5)
+    assert len(w.children) >= 2
+
+
+def test_receptive_extent():
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(2, 1, 3, padding=2, dilation=2))
+    assert seg.receptive_extent(conv, size=21) == 7
+    torch.manual_seed(0)
+    small = seg.receptive_extent(seg.UNet(1, 1, base=8, depth=1), size=65)
+    wide = seg.receptive_extent(seg.UNet(1, 1, base=8, depth=1, context_rates=(1, 4)), size=65)
+    assert wide > small
+    with pytest.raises(ValueError):
+        seg.receptive_extent(seg.UNet(1, 1, base=8, depth=3), size=24)

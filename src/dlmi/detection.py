@@ -305,7 +305,7 @@ def draw_detections(ax, image: torch.Tensor, boxes: torch.Tensor, labels: torch.
     """Show a grey image with XYXY boxes (and optional label:score captions) on a matplotlib axis."""
     import matplotlib.patches as patches
 
-    ax.imshow(image.as_subclass(torch.Tensor).squeeze().cpu(), cmap="gray", vmin=0, vmax=1)
+    ax.imshow(image.as_subclass(torch.Tensor).squeeze().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
     for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
         ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=color, lw=1.2))
         if scores is not None or labels is not None:

@@ -14,10 +14,22 @@ from torch import nn
 from torch.nn import functional as F
 
 Padding = Literal["same", "valid"]
+Norm = Literal["batch", "instance", "none"]
 
 
 def _conv(dims: int):
     return nn.Conv3d if dims == 3 else nn.Conv2d
+
+
+def _norm(kind: Norm, channels: int, dims: int) -> nn.Module:
+    """Batch norm, instance norm (with learned scale and shift, as in nnU-Net) or nothing."""
+    if kind == "batch":
+        return (nn.BatchNorm3d if dims == 3 else nn.BatchNorm2d)(channels)
+    if kind == "instance":
+        return (nn.InstanceNorm3d if dims == 3 else nn.InstanceNorm2d)(channels, affine=True)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"norm must be 'batch', 'instance' or 'none', got {kind!r}")
 
 
 class DoubleConv(nn.Sequential):
@@ -25,12 +37,15 @@ class DoubleConv(nn.Sequential):
     shrinks each side by 2·dilation, as in the original U-Net."""
 
     def __init__(self, c_in: int, c_out: int, padding: Padding = "same", dims: int = 2,
-                 dilation: int = 1) -> None:
-        conv, norm = _conv(dims), nn.BatchNorm3d if dims == 3 else nn.BatchNorm2d
+                 dilation: int = 1, norm: Norm = "batch") -> None:
+        conv = _conv(dims)
         pad = dilation if padding == "same" else 0
+        bias = norm == "none"
         super().__init__(
-            conv(c_in, c_out, 3, padding=pad, dilation=dilation, bias=False), norm(c_out), nn.ReLU(inplace=True),
-            conv(c_out, c_out, 3, padding=pad, dilation=dilation, bias=False), norm(c_out), nn.ReLU(inplace=True),
+            conv(c_in, c_out, 3, padding=pad, dilation=dilation, bias=bias), _norm(norm, c_out, dims),
+            nn.ReLU(inplace=True),
+            conv(c_out, c_out, 3, padding=pad, dilation=dilation, bias=bias), _norm(norm, c_out, dims),
+            nn.ReLU(inplace=True),
         )
 
 
@@ -39,13 +54,16 @@ class DilatedContext(nn.Module):
     convolution (an atrous spatial pyramid, as in DeepLab): context at several scales with
     the parameters of a 3×3 kernel each. Always 'same' padding."""
 
-    def __init__(self, c_in: int, c_out: int, rates: Sequence[int] = (1, 2, 4), dims: int = 2) -> None:
+    def __init__(self, c_in: int, c_out: int, rates: Sequence[int] = (1, 2, 4), dims: int = 2,
+                 norm: Norm = "batch") -> None:
         super().__init__()
-        conv, norm = _conv(dims), nn.BatchNorm3d if dims == 3 else nn.BatchNorm2d
+        conv, bias = _conv(dims), norm == "none"
         self.branches = nn.ModuleList(
-            nn.Sequential(conv(c_in, c_out, 3, padding=r, dilation=r, bias=False), norm(c_out), nn.ReLU(inplace=True))
+            nn.Sequential(conv(c_in, c_out, 3, padding=r, dilation=r, bias=bias), _norm(norm, c_out, dims),
+                          nn.ReLU(inplace=True))
             for r in rates)
-        self.fuse = nn.Sequential(conv(len(rates) * c_out, c_out, 1, bias=False), norm(c_out), nn.ReLU(inplace=True))
+        self.fuse = nn.Sequential(conv(len(rates) * c_out, c_out, 1, bias=bias), _norm(norm, c_out, dims),
+                                  nn.ReLU(inplace=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fuse(torch.cat([b(x) for b in self.branches], dim=1))
@@ -71,10 +89,13 @@ class UNet(nn.Module):
     the original unpadded convolutions (output smaller than input, skips cropped);
     ``'same'`` keeps the size (input sides must be divisible by ``2**depth``). ``dims=3`` makes
     a 3D U-Net. ``context_rates`` replaces the bottleneck by a :class:`DilatedContext` block.
+    ``norm`` picks batch norm, instance norm (nnU-Net's choice: no running statistics, so
+    training and evaluation behave alike even after a few steps) or none.
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, base: int = 16, depth: int = 3,
-                 padding: Padding = "same", dims: int = 2, context_rates: Sequence[int] | None = None) -> None:
+                 padding: Padding = "same", dims: int = 2, context_rates: Sequence[int] | None = None,
+                 norm: Norm = "batch") -> None:
         super().__init__()
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
@@ -82,14 +103,15 @@ class UNet(nn.Module):
             raise ValueError(f"dims must be 2 or 3, got {dims}")
         self.depth, self.padding, self.dims = depth, padding, dims
         chans = [base * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList(DoubleConv(c_i, c_o, padding, dims)
+        self.down = nn.ModuleList(DoubleConv(c_i, c_o, padding, dims, norm=norm)
                                   for c_i, c_o in zip([in_channels] + chans[:-2], chans[:-1]))
         self.pool = (nn.MaxPool3d if dims == 3 else nn.MaxPool2d)(2)
-        self.bottleneck = (DilatedContext(chans[-2], chans[-1], context_rates, dims) if context_rates
-                           else DoubleConv(chans[-2], chans[-1], padding, dims))
+        self.bottleneck = (DilatedContext(chans[-2], chans[-1], context_rates, dims, norm) if context_rates
+                           else DoubleConv(chans[-2], chans[-1], padding, dims, norm=norm))
         up = nn.ConvTranspose3d if dims == 3 else nn.ConvTranspose2d
         self.up = nn.ModuleList(up(chans[i + 1], chans[i], 2, stride=2) for i in reversed(range(depth)))
-        self.decode = nn.ModuleList(DoubleConv(2 * chans[i], chans[i], padding, dims) for i in reversed(range(depth)))
+        self.decode = nn.ModuleList(DoubleConv(2 * chans[i], chans[i], padding, dims, norm=norm)
+                                    for i in reversed(range(depth)))
         self.out = _conv(dims)(chans[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -138,6 +160,24 @@ def output_size(model: UNet, size: int) -> int:
     shape = (1, model.down[0][0].in_channels) + (size,) * model.dims
     with torch.no_grad():
         return int(_to_meta(model)(torch.empty(*shape, device="meta")).shape[-1])
+
+
+def receptive_extent(model: nn.Module, size: int = 129, channels: int = 1, seed: int = 0) -> int:
+    """Width in pixels of the input region that influences the centre output pixel, found by
+    back-propagating from it through ``model`` in eval mode on a random input (a zero input
+    would leave ReLUs without gradient). Raises if the region reaches the border."""
+    was_training = model.training
+    model.eval()
+    x = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(seed), requires_grad=True)
+    try:
+        y = model(x)
+        y[0, :, y.shape[-2] // 2, y.shape[-1] // 2].sum().backward()
+    finally:
+        model.train(was_training)
+    cols = torch.nonzero(x.grad.abs().sum(dim=(0, 1, 2)) > 0).view(-1)
+    if len(cols) and (cols.min() == 0 or cols.max() == size - 1):
+        raise ValueError(f"the receptive field reaches the border of a {size}-pixel input; use a larger size")
+    return int(cols.max() - cols.min() + 1) if len(cols) else 0
 
 
 def _binarize(x: torch.Tensor) -> torch.Tensor:
@@ -243,3 +283,27 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, color: tuple[float, float, 
     m = _binarize(mask.as_subclass(torch.Tensor).detach().cpu().squeeze())[..., None]
     tint = torch.tensor(color)
     return torch.where(m, (1 - alpha) * rgb + alpha * tint, rgb)
+
+
+def threshold_explorer(images: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor):
+    """An ipywidgets explorer: image index and threshold → overlay of the thresholded
+    foreground probability (red) and the true mask outline, with Dice and IoU.
+
+    ``images`` (N, 1, H, W), ``probs`` (N, H, W) foreground probabilities, ``targets`` (N, H, W).
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    def show(index: int = 0, threshold: float = 0.5) -> None:
+        pred = probs[index] > threshold
+        d = dice_score(pred[None], targets[index][None]).item()
+        j = iou_score(pred[None], targets[index][None]).item()
+        fig, ax = plt.subplots(figsize=(3.6, 3.6))
+        ax.imshow(overlay(images[index], pred).numpy())
+        ax.contour(targets[index].float().numpy(), levels=[0.5], colors="yellow", linewidths=0.8)
+        ax.set_title(f"threshold {threshold:.2f}: Dice {d:.2f}, IoU {j:.2f}", fontsize=9)
+        ax.axis("off")
+        plt.show()
+
+    return widgets.interactive(show, index=widgets.IntSlider(value=0, min=0, max=len(images) - 1),
+                               threshold=widgets.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.05))
