@@ -142,3 +142,13 @@ def test_lesion_contrast():
     clean, low = augment.lesion_contrast(img + 1e-3 * torch.randn(32, 32, generator=g), les), augment.lesion_contrast(noisy, les)
     assert clean["contrast"] == pytest.approx(1.0, abs=0.01) and clean["cnr"] > 100
     assert 1 < low["cnr"] < 4
+
+
+def test_transformed_dataset_draws_fresh_transforms():
+    ds = augment.TransformedDataset(dlmi.SyntheticCells(2, seed=0), augment.joint_transform())
+    assert len(ds) == 2
+    torch.manual_seed(0)
+    draws = [ds[0][0] for _ in range(8)]
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])
+    img, target = ds[1]
+    assert augment.boxes_inside(target["boxes"], img.shape[-2:])

@@ -119,3 +119,18 @@ def test_mask_rcnn_loads_faster_rcnn_weights():
 def test_mobilenet_builder_needs_no_download(offline):
     model = det.mobilenet_faster_rcnn(3)
     assert model.roi_heads.box_predictor.cls_score.out_features == 3
+
+
+def test_detect_raw_restores_settings_and_postprocess():
+    torch.manual_seed(0)
+    model = det.faster_rcnn(3, width=8)
+    ds = dlmi.SyntheticCells(2, seed=0)
+    saved = (model.roi_heads.nms_thresh, model.roi_heads.score_thresh)
+    raw = det.detect_raw(model, [ds[0][0]], score_threshold=0.0)
+    assert (model.roi_heads.nms_thresh, model.roi_heads.score_thresh) == saved
+    out = det.postprocess(raw[0], 0.0, 0.5)
+    if len(out["boxes"]) > 1:
+        iou = det.box_iou(out["boxes"], out["boxes"]).fill_diagonal_(0)
+        assert iou.max() <= 0.5
+    w = det.detection_explorer([ds[0][0]], raw, [det.plain_target(ds[0][1])])
+    assert len(w.children) >= 3

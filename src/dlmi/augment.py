@@ -303,3 +303,17 @@ def lesion_contrast(image: torch.Tensor, lesion: torch.Tensor, ring: float = 4.0
     background = grown & ~lesion
     contrast = img[lesion].mean() - img[background].mean()
     return {"contrast": float(contrast), "cnr": float(contrast / img[background].std().clamp_min(1e-8))}
+
+
+class TransformedDataset(torch.utils.data.Dataset):
+    """Wrap a data set of ``(image, target)`` pairs so that every access returns a freshly
+    transformed sample (for detection or segmentation training with :func:`joint_transform`)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, transform: Callable[..., Any]) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        return self.transform(*self.dataset[index])

@@ -314,3 +314,45 @@ def draw_detections(ax, image: torch.Tensor, boxes: torch.Tensor, labels: torch.
             ax.text(x1, y1 - 1, text, color=color, fontsize=6)
     ax.set_title(title, fontsize=9)
     ax.axis("off")
+
+
+@torch.no_grad()
+def detect_raw(model: nn.Module, images: Sequence[torch.Tensor], score_threshold: float = 0.05) -> list[dict[str, torch.Tensor]]:
+    """Detections of a torchvision R-CNN *before* its final non-maximum suppression (and with
+    a low score threshold), to study NMS; the model's settings are restored afterwards."""
+    heads = model.roi_heads
+    saved = heads.nms_thresh, heads.score_thresh
+    heads.nms_thresh, heads.score_thresh = 1.0, score_threshold
+    try:
+        return detect(model, images)
+    finally:
+        heads.nms_thresh, heads.score_thresh = saved
+
+
+def postprocess(raw: dict[str, torch.Tensor], score_threshold: float, iou_threshold: float) -> dict[str, torch.Tensor]:
+    """Keep detections above ``score_threshold``, then class-agnostic NMS at ``iou_threshold``."""
+    keep = raw["scores"] >= score_threshold
+    kept = {k: v[keep] for k, v in raw.items()}
+    order = nms(kept["boxes"], kept["scores"], iou_threshold) if len(kept["boxes"]) else torch.zeros(0, dtype=torch.long)
+    return {k: v[order] for k, v in kept.items()}
+
+
+def detection_explorer(images: Sequence[torch.Tensor], raw: Sequence[dict], targets: Sequence[dict]):
+    """An ipywidgets explorer: image, score threshold and NMS IoU threshold → kept boxes
+    (green), true boxes (yellow), precision and recall for that image."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    def show(index: int = 0, score_threshold: float = 0.5, iou_threshold: float = 0.5) -> None:
+        kept = postprocess(raw[index], score_threshold, iou_threshold)
+        pr = precision_recall([kept], [targets[index]], score_threshold=0.0)
+        fig, ax = plt.subplots(figsize=(3.8, 3.8))
+        draw_detections(ax, images[index], targets[index]["boxes"], color="yellow")
+        draw_detections(ax, images[index], kept["boxes"], scores=kept["scores"], color="lime",
+                        title=f"{len(kept['boxes'])} boxes: precision {pr['precision']:.2f}, recall {pr['recall']:.2f}")
+        plt.show()
+
+    return widgets.interactive(
+        show, index=widgets.IntSlider(value=0, min=0, max=len(images) - 1),
+        score_threshold=widgets.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.05, description="score ≥"),
+        iou_threshold=widgets.FloatSlider(value=0.5, min=0.1, max=1.0, step=0.05, description="NMS IoU"))
