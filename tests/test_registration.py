@@ -90,6 +90,9 @@ def test_noise_models():
     assert reg.add_noise(torch.zeros(1, 1, 8, 8), "speckle", 0.5).abs().max() == 0  # multiplicative
     with pytest.raises(ValueError):
         reg.add_noise(x, "salt")
+    levels = torch.tensor([0.0, 0.2]).view(2, 1, 1, 1)
+    y = reg.add_noise(x.repeat(2, 1, 1, 1), "gaussian", levels, generator=g)
+    assert torch.equal(y[0], x[0]) and (y[1] - x[0]).std() > 0.1
 
 
 def test_quality_matches_definition():
@@ -117,3 +120,17 @@ def test_grid_image_and_normalise():
     assert g.shape == (1, 1, 10, 10) and g[0, 0, 0].sum() == 10 and g[0, 0, 1, 1] == 0
     n = reg.normalise(np.arange(100.0).reshape(10, 10))
     assert n.min() == 0 and n.max() == 1
+
+
+def test_register_deformable_reduces_the_mismatch():
+    fixed = smooth_image(32, 32)
+    g = torch.Generator().manual_seed(0)
+    moving = reg.warp(fixed, reg.random_flow(1, (32, 32), 2.0, generator=g))
+    flow, losses = reg.register_deformable(moving, fixed, steps=80, lr=0.1)
+    assert flow.shape == (1, 2, 32, 32)
+    assert F.mse_loss(reg.warp(moving, flow), fixed) < 0.3 * F.mse_loss(moving, fixed)
+
+
+def test_denoise_explorer_builds():
+    w = reg.denoise_explorer(reg.DnCNN(1, 4, 3), smooth_image(16, 16))
+    assert len(w.children) >= 3

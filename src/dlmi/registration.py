@@ -167,11 +167,28 @@ def train_registration(model: RegNet, images: torch.Tensor, *, steps: int, batch
     return losses
 
 
+def register_deformable(moving: torch.Tensor, fixed: torch.Tensor, steps: int = 100, lr: float = 0.1,
+                        smooth_weight: float = 0.05) -> tuple[torch.Tensor, list[float]]:
+    """Classical deformable registration: optimise a displacement field for this one pair
+    (N, C, H, W) by gradient descent on :func:`registration_loss`. Returns (flow, losses)."""
+    flow = torch.zeros(len(moving), 2, *moving.shape[-2:], device=moving.device, requires_grad=True)
+    opt = torch.optim.Adam([flow], lr=lr)
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = registration_loss(warp(moving, flow), fixed, flow, smooth_weight)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return flow.detach(), losses
+
+
 # ---------------------------------------------------------------- enhancement
 def add_noise(x: torch.Tensor, kind: Literal["gaussian", "speckle", "poisson"] = "gaussian",
-              sigma: float = 0.1, generator: torch.Generator | None = None) -> torch.Tensor:
+              sigma: float | torch.Tensor = 0.1, generator: torch.Generator | None = None) -> torch.Tensor:
     """Corrupt images in [0, 1]: additive Gaussian (σ), multiplicative speckle x·(1 + σ·n),
-    or Poisson with 1/σ² expected counts at intensity 1; clipped to [0, 1]."""
+    or Poisson with 1/σ² expected counts at intensity 1; clipped to [0, 1]. ``sigma`` may be a
+    tensor broadcastable to ``x`` (e.g. (N, 1, 1, 1): one level per image)."""
     n = torch.randn(x.shape, generator=generator).to(x)
     if kind == "gaussian":
         y = x + sigma * n
@@ -228,3 +245,27 @@ def normalise(image: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.nda
     """Scale an image to [0, 1] between its ``low`` and ``high`` percentiles (clipped)."""
     lo, hi = np.percentile(image, [low, high])
     return np.clip((image - lo) / max(hi - lo, 1e-8), 0, 1).astype(np.float32)
+
+
+def denoise_explorer(model: nn.Module, image: torch.Tensor):
+    """An ipywidgets explorer: noise kind and level → noisy image, the model's output, and
+    PSNR/SSIM of both against the clean ``image`` (1, 1, H, W) in [0, 1]."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    def show(kind: str = "gaussian", sigma: float = 0.1, seed: int = 0) -> None:
+        noisy = add_noise(image, kind, sigma, generator=torch.Generator().manual_seed(seed))
+        model.eval()
+        with torch.no_grad():
+            out = model(noisy.to(next(model.parameters()).device)).cpu().clamp(0, 1)
+        fig, axes = plt.subplots(1, 3, figsize=(9, 3.2))
+        for ax, img, title in [(axes[0], image, "clean"), (axes[1], noisy, "noisy"), (axes[2], out, "denoised")]:
+            ax.imshow(img.squeeze().numpy(), cmap="gray", vmin=0, vmax=1)
+            q = "" if img is image else "\nPSNR {psnr:.1f} dB, SSIM {ssim:.2f}".format(**quality(image, img))
+            ax.set_title(title + q, fontsize=9)
+            ax.axis("off")
+        plt.show()
+
+    return widgets.interactive(show, kind=widgets.Dropdown(options=["gaussian", "speckle", "poisson"]),
+                               sigma=widgets.FloatSlider(value=0.1, min=0.02, max=0.3, step=0.02),
+                               seed=widgets.IntSlider(value=0, min=0, max=10))
