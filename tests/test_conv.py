@@ -148,3 +148,19 @@ def test_parse_kernel_and_conv_explorer():
         w.f(kernel=kernel, custom="1 0 0 0 1 0 0 0 1", stride=2, padding=0, dilation=3)
     w.f(kernel="custom", custom="1 2", stride=1, padding=1, dilation=1)  # prints the error
     plt.close("all")
+
+
+def test_show_row_wraps_and_fits_the_page():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dlmi.widgets import show_row
+
+    fig, axes = show_row([np.zeros((4, 4))] * 5, [str(i) for i in range(5)], ncols=4)
+    assert len(axes) == 5 and len(fig.axes) == 8          # two rows of four, three empty
+    assert fig.get_size_inches()[0] <= 8.5 + 1e-9
+    assert axes[4].get_title() == "4"
+    fig, axes = show_row([np.zeros((4, 4))] * 2, size=3.0)
+    assert tuple(fig.get_size_inches()) == pytest.approx((6.0, 3.3))
+    plt.close("all")
