@@ -50,7 +50,7 @@ def register_affine(moving: torch.Tensor, fixed: torch.Tensor, steps: int = 200,
 
     k = 2 * int(3 * blur) + 1
     m, f = (gaussian_blur(t, [k, k], [blur, blur]) if blur > 0 else t for t in (moving, fixed))
-    theta = torch.eye(2, 3)[None].clone().requires_grad_(True)
+    theta = torch.eye(2, 3, device=moving.device)[None].clone().requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=lr)
     losses = []
     for _ in range(steps):

@@ -165,7 +165,8 @@ def output_size(model: UNet, size: int) -> int:
 def receptive_extent(model: nn.Module, size: int = 129, channels: int = 1, seed: int = 0) -> int:
     """Width in pixels of the input region that influences the centre output pixel, found by
     back-propagating from it through ``model`` in eval mode on a random input (a zero input
-    would leave ReLUs without gradient). Raises if the region reaches the border."""
+    would leave ReLUs without gradient). Raises if the region reaches the border — as it
+    always does with instance normalisation, whose statistics mix the whole image."""
     was_training = model.training
     model.eval()
     x = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(seed), requires_grad=True)
@@ -244,7 +245,8 @@ class CEDiceLoss(nn.Module):
         self.register_buffer("class_weights", class_weights)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits, labels.long(), weight=self.class_weights)
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        ce = F.cross_entropy(logits, labels.long(), weight=weight)
         return ce + self.dice_weight * multiclass_dice_loss(logits, labels)
 
 
@@ -263,8 +265,9 @@ class BCEDiceLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = logits.new_zeros(())
         if self.bce_weight:
+            pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
             loss = loss + self.bce_weight * F.binary_cross_entropy_with_logits(
-                logits, target.float(), pos_weight=self.pos_weight)
+                logits, target.float(), pos_weight=pos_weight)
         if self.dice_weight:
             loss = loss + self.dice_weight * soft_dice_loss(logits, target)
         return loss
