@@ -28,22 +28,30 @@ def _regions(source: str, begin: str, end: str) -> list[str]:
     return out
 
 
-def secret_lines(lab: course.Lab) -> set[str]:
-    """Distinctive lines of solutions and hidden tests (long, and not also in the public text)."""
+def _secret_and_public(lab: course.Lab) -> tuple[set[str], set[str]]:
+    """Stripped lines inside solution / hidden-test regions, and the other lines, of ``lab``'s source."""
     secret: set[str] = set()
     public: set[str] = set()
     for cell in lab.source.cells:
-        secret.update(_regions(cell.source, "### BEGIN SOLUTION", "### END SOLUTION"))
-        secret.update(_regions(cell.source, notebook.HIDDEN_BEGIN, notebook.HIDDEN_END))
-        hidden = set(_regions(cell.source, "### BEGIN SOLUTION", "### END SOLUTION")) | \
+        inside = set(_regions(cell.source, "### BEGIN SOLUTION", "### END SOLUTION")) | \
             set(_regions(cell.source, notebook.HIDDEN_BEGIN, notebook.HIDDEN_END))
-        public.update(line.strip() for line in cell.source.splitlines() if line.strip() not in hidden)
+        secret |= inside
+        public.update(line.strip() for line in cell.source.splitlines() if line.strip() not in inside)
+    return secret, public
+
+
+def secret_lines(lab: course.Lab, others: list[course.Lab] = ()) -> set[str]:
+    """Distinctive lines of ``lab``'s solutions and hidden tests: long, no comment, and not also
+    in the public text of ``lab`` or of any lab in ``others`` (``except ValueError:`` is no secret)."""
+    secret, public = _secret_and_public(lab)
+    for other in others:
+        public |= _secret_and_public(other)[1]
     return {s for s in secret - public if len(s) >= 16 and not s.startswith("#")}
 
 
 def leaks(root: Path, labs: list[course.Lab]) -> list[str]:
     """Files under ``labs/`` that carry a marker or a secret line of any lab."""
-    secrets = {lab.name: secret_lines(lab) for lab in labs}
+    secrets = {lab.name: secret_lines(lab, labs) for lab in labs}
     found = []
     for path in sorted((root / "labs").rglob("*")):
         if not path.is_file():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +38,16 @@ def course_root(root: str | os.PathLike | None = None) -> Path:
     raise FileNotFoundError("no solutions/ folder here or above; run from the course repository or pass --root")
 
 
+def nbgrader_ready() -> None:
+    """nbgrader runs ``alembic`` by name: put this interpreter's bin folder first on ``PATH``."""
+    bin_dir = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+
+
 def nbgrader_config(root: Path) -> Config:
     """nbgrader's configuration for this course (also loaded by ``nbgrader_config.py``)."""
+    nbgrader_ready()
     c = Config()
     c.CourseDirectory.root = str(root)
     c.CourseDirectory.source_directory = "solutions"
@@ -117,6 +126,31 @@ def generate(lab: Lab, out: Path) -> Path:
             shutil.rmtree(out)
         shutil.copytree(made, out)
     return out
+
+
+def ensure_gradebook(lab: Lab) -> None:
+    """Record ``lab``'s cells in the gradebook unless they are there (a fresh checkout has no gradebook)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    db = nbgrader_config(lab.root).CourseDirectory.db_url
+    if (lab.root / "gradebook.db").exists():
+        with Gradebook(db) as gb:
+            try:
+                gb.find_notebook(lab.name, lab.name)
+                return
+            except MissingEntry:
+                pass
+    with tempfile.TemporaryDirectory(prefix="dlmi-gradebook-") as tmp:
+        generate(lab, Path(tmp) / lab.name)
+
+
+def blank_notebook(lab: Lab) -> NotebookNode:
+    """The student copy: ``labs/<lab>/<lab>.ipynb`` (``check`` keeps it equal to a fresh release), else a
+    fresh release made now."""
+    path = lab.root / "labs" / lab.name / f"{lab.name}.ipynb"
+    if path.exists():
+        return nbformat.read(path, as_version=NB_VERSION)
+    return released_notebook(lab)
 
 
 def release(lab: Lab) -> Path:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import html
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +38,17 @@ def _db_url(root: Path) -> str:
 
 def record(root: Path, results: list[dict[str, Any]]) -> None:
     """Write auto scores of ``results`` into the gradebook (failures leave scores empty)."""
-    from nbgrader.api import Gradebook, MissingEntry
+    from nbgrader.api import Gradebook
 
-    with Gradebook(_db_url(root)) as gb:
+    for lab in sorted({res["lab"] for res in results}):
+        course.ensure_gradebook(course.load_lab(lab, root))
+    with Gradebook(_db_url(root)) as gb, warnings.catch_warnings():
+        # nbgrader 0.9.6's add_submission trips an autoflush warning of SQLAlchemy 2 that changes nothing
+        warnings.filterwarnings("ignore", message=".*not in session.*")
         for res in results:
             lab, student = res["lab"], res["student"]
-            try:
-                gb.find_assignment(lab)
-            except MissingEntry:
-                continue  # the lab was never released on this machine: nothing to attach grades to
             gb.update_or_create_student(student)
-            try:
-                gb.find_submission(lab, student)
-            except MissingEntry:
-                gb.add_submission(lab, student)
+            gb.update_or_create_submission(lab, student)
             scores = {t["grade_id"]: t["points"] for t in res.get("tests", [])}
             graded = res.get("status") == "graded"
             for cell in gb.find_notebook(lab, lab).grade_cells:

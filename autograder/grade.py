@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import csv
+import importlib
 import multiprocessing as mp
 import os
 import shutil
@@ -133,15 +134,29 @@ def _init_worker(slots: Any, options: Options, root: str, preload: list[str], id
     slot = slots.get()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": _scratch_base(), "LANG": "C.UTF-8",
-           **{k: v for k, v in os.environ.items() if k.startswith(("OMP_", "MKL_", "DLMI_"))},
+           **{k: v for k, v in os.environ.items() if k.startswith(("OMP_", "MKL_", "DLMI_")) or k == "PYTHONPATH"},
            **slot_env(slot, options.device, options.gpus)}
     log = Path(_scratch_base()) / f"zygote-{slot}-{os.getpid()}.log"
     zygote = Zygote(list(dict.fromkeys([*PRELOAD, *preload])), env, log)
     atexit.register(zygote.close)
     uid, lock = claim_uid(Path(_scratch_base()))
     import torch  # noqa: F401 — the judge's references; imported while the zygote starts
+    judge_imports(preload)
     zygote.wait_ready()
     _worker.update(slot=slot, uid=uid, uid_lock=lock, options=options, root=Path(root), zygote=zygote, ids=ids)
+
+
+def judge_imports(modules: list[str]) -> list[str]:
+    """Import here, in the judge, what the labs preload in kernels: their tests use the same libraries
+    (torchmetrics, sklearn, ...), so a submission's first test does not pay for the import. Returns
+    the modules that failed to import (a kernel reports its own failure)."""
+    failed = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 — a missing optional library is the lab's problem, not the worker's
+            failed.append(name)
+    return failed
 
 
 def _warm() -> int:
@@ -191,7 +206,7 @@ def grade_job(job: Job, pack: LabPack) -> dict[str, Any]:
         workdir = Path(tempfile.mkdtemp(prefix=f"g{slot}-", dir=_scratch_base()))
         files = {f"{job.lab}.ipynb": path, **{k: Path(v) for k, v in pack.files.items()}}
         with KernelSession(workdir, _worker["zygote"], uid=_worker["uid"], limits=limits, level=options.level, env=env,
-                           ro=readonly_paths(pack.settings.get("_ro", [])),
+                           ro=readonly_paths(pack.settings.get("_ro", []), _worker["root"]),
                            devices=gpu_devices() if options.device == "cuda" else [], files=files) as session:
             t0 = time.monotonic()
             session.start()
@@ -215,7 +230,7 @@ def grade_job(job: Job, pack: LabPack) -> dict[str, Any]:
 
 def _execute(session: KernelSession, nb: NotebookNode, result: dict[str, Any], context: dict[str, Any]) -> None:
     """Run the rebuilt notebook: code cells in the kernel, test cells in the judge."""
-    count = 0
+    count, shared = 0, {}
     result.setdefault("timing", {}).update(cells_s=0.0, tests_s=0.0)
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
@@ -226,7 +241,8 @@ def _execute(session: KernelSession, nb: NotebookNode, result: dict[str, Any], c
             max_points = float(meta.get("points", 0))
             t0 = time.monotonic()
             session.run_bridge_source()
-            outcome = judge_test(session, cell.source, hidden=notebook.has_hidden(cell), context=context)
+            outcome = judge_test(session, cell.source, hidden=notebook.has_hidden(cell), context=context,
+                                 shared=shared)
             result["timing"]["tests_s"] = round(result["timing"]["tests_s"] + time.monotonic() - t0, 2)
             points = max_points if outcome.passed else 0.0
             cell.outputs = [_report(outcome.passed, points, max_points, outcome.message, outcome.printed)]
@@ -254,7 +270,7 @@ def _scratch_base() -> str:
 def pack_lab(lab: course.Lab, release: Path | None = None) -> LabPack:
     """Everything workers need of ``lab`` (blank notebook from ``release`` or a fresh one), data made ready."""
     if release is None:
-        blank = course.released_notebook(lab)
+        blank = course.blank_notebook(lab)
     else:
         blank = nbformat.read(release / f"{lab.name}.ipynb", as_version=4)
     settings = lab.settings

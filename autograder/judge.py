@@ -214,11 +214,33 @@ class GraderHelpers:
         return provider
 
 
-def judge_test(session: KernelSession, source: str, *, hidden: bool, context: dict[str, Any]) -> Outcome:
-    """Run one test cell's full source in the judge against the kernel's current state."""
-    namespace: dict[str, Any] = {"__name__": "__test__"}
+def bound_names(source: str) -> set[str]:
+    """Names a test binds at its top level (assignments, imports, functions, classes)."""
+    top = symtable.symtable(source, "<test>", "exec")
+    return {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported() or s.is_namespace()}
+
+
+def judge_test(session: KernelSession, source: str, *, hidden: bool, context: dict[str, Any],
+               shared: dict[str, Any] | None = None) -> Outcome:
+    """Run one test cell's full source in the judge against the kernel's current state.
+
+    ``shared`` carries what earlier test cells of the notebook defined (as they would in one
+    kernel); what this test defines is added to it. Student names are fetched afresh every time.
+    """
+    namespace: dict[str, Any] = {"__name__": "__test__", **(shared or {})}
     exec(compile(PREAMBLE, "<preamble>", "exec"), namespace)
     namespace["grader"] = GraderHelpers(session, context)
+    try:
+        return _judge(session, source, hidden, namespace)
+    finally:
+        if shared is not None:
+            try:
+                shared.update({k: namespace[k] for k in bound_names(source) if k in namespace})
+            except SyntaxError:
+                pass
+
+
+def _judge(session: KernelSession, source: str, hidden: bool, namespace: dict[str, Any]) -> Outcome:
     out = io.StringIO()
     try:
         code = compile(source, "<test>", "exec")

@@ -83,14 +83,25 @@ def slot_env(slot: int, device: str, gpus: list[str]) -> dict[str, str]:
     return env
 
 
-def readonly_paths(extra: list[str] | None = None) -> list[str]:
-    """Host paths the kernel needs to read: Python, the venv, the ``dlmi`` sources, data."""
-    paths = {sys.prefix, sys.base_prefix}
+def readonly_paths(extra: list[str] | None = None, course_root: Path | None = None) -> list[str]:
+    """Host paths the kernel needs to read: Python, the venv, the import path, the ``dlmi`` sources, data.
+
+    Nothing that is, holds or lies inside the course root is exposed, except inside the virtual
+    environment and the ``dlmi`` package itself (a checkout on ``PYTHONPATH`` stays hidden).
+    """
     spec = importlib.util.find_spec("dlmi")
-    if spec and spec.submodule_search_locations:
-        paths.update(str(Path(p).resolve()) for p in spec.submodule_search_locations)
-    paths.update(extra or [])
-    return sorted(p for p in paths if p and os.path.exists(p))
+    dlmi_dirs = [str(Path(p).resolve()) for p in (spec.submodule_search_locations or [])] if spec else []
+    root = (course_root or Path.cwd()).resolve()
+
+    def allowed(path: str) -> bool:
+        p = Path(path).resolve()
+        if p == root or p in root.parents:
+            return False
+        return root not in p.parents or Path(sys.prefix).resolve() in (p, *p.parents)
+
+    paths = {sys.prefix, sys.base_prefix, *dlmi_dirs, *(extra or [])}
+    paths.update(p for p in sys.path if p and os.path.isdir(p) and allowed(p))
+    return sorted(p for p in paths if p and os.path.exists(p) and (p in dlmi_dirs or p in (extra or []) or allowed(p)))
 
 
 class KernelSession:

@@ -1,0 +1,164 @@
+"""Throughput of the course grader against plain ``nbgrader autograde`` on the same machine.
+
+For each lab, K copies of the reference solution are graded twice:
+
+* **ours** — ``dlmi-grader grade`` (sandboxed kernels forked from a preloaded zygote, judge in
+  the grader, limits on, one worker per core or GPU);
+* **plain** — a throw-away nbgrader course with the same source notebook, ``nbgrader
+  autograde`` (one kernel after the other, tests in the student's kernel, no isolation). Its
+  notebooks get one extra first cell that gives the hidden tests the same ``grader`` helpers
+  inside the kernel (from :mod:`autograder.bridge` and :mod:`autograder.data`), so both run the
+  same checks. Its per-cell timeout is raised to 600 s so that training cells can finish.
+
+Both wall times include start-up. Prints submissions/minute and the ratio; ``--json`` saves them.
+Usage: ``python autograder/benchmark.py [--labs LAB ...] [-k K] [--workers N] [--device cpu]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from autograder import course, grade  # noqa: E402
+
+SHIM = '''# benchmark only: the grader's helpers inside the kernel, for plain nbgrader
+import contextlib as _contextlib
+from autograder import bridge as _bridge, data as _data
+_bridge.install_data_audit()
+
+
+class _InKernelGrader:
+    def __init__(self, settings, device):
+        self.device = device
+        self.__dict__.update(_data.providers(settings))
+
+    def kernel(self, path):
+        return _bridge._resolve({"import": path}, {})
+
+    def run(self, code):
+        exec(code, get_ipython().user_ns)
+
+    @_contextlib.contextmanager
+    def forbid(self, *paths, message="{name} is not allowed here"):
+        _bridge.forbid(list(paths), message)
+        try:
+            yield
+        finally:
+            _bridge.allow()
+
+    @_contextlib.contextmanager
+    def forbid_split(self, split, message):
+        _bridge.forbid_split(split, message)
+        try:
+            yield
+        finally:
+            _bridge.allow()
+
+    def data_loads(self):
+        return list(_bridge.data_loads)
+
+
+grader = _InKernelGrader(SETTINGS, DEVICE)
+'''
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def run_ours(lab: course.Lab, k: int, tmp: Path, workers: int | None, device: str) -> dict:
+    subs = tmp / "ours-subs"
+    subs.mkdir()
+    for i in range(k):
+        shutil.copy(lab.folder / f"{lab.name}.ipynb", subs / f"s{i:02d}.ipynb")
+    cmd = [sys.executable, "-m", "autograder.cli", "--root", str(lab.root), "grade", lab.name, str(subs),
+           "--results", str(tmp / "ours"), "--device", device] + (["--workers", str(workers)] if workers else [])
+    start = time.monotonic()
+    out = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    wall = time.monotonic() - start
+    if out.returncode:
+        raise RuntimeError(f"dlmi-grader failed:\n{out.stderr[-3000:]}")
+    results = grade.load_results(tmp / "ours", lab.name)
+    full = sum(1 for r in results if r["status"] == "graded" and r["score"] == r["max_score"])
+    return {"wall_s": wall, "full_marks": full, "per_submission_s": statistics.median(r["runtime_s"] for r in results)}
+
+
+def run_plain(lab: course.Lab, k: int, tmp: Path, device: str) -> dict:
+    plain = tmp / "plain"
+    (plain / "source" / lab.name).mkdir(parents=True)
+    for name, path in lab.files().items():
+        shutil.copy(path, plain / "source" / lab.name / name)
+    nb = nbformat.read(lab.folder / f"{lab.name}.ipynb", as_version=4)
+    env, _ = grade.prepare_data(lab.settings)
+    settings = {**lab.settings, "_env": env}
+    shim = SHIM.replace("SETTINGS", repr(settings)).replace("DEVICE", repr(device))
+    nb.cells.insert(0, nbformat.v4.new_code_cell(shim))
+    nbformat.write(nb, plain / "source" / lab.name / f"{lab.name}.ipynb")
+    (plain / "nbgrader_config.py").write_text(
+        f"c = get_config()\nc.CourseDirectory.root = {str(plain)!r}\nc.ExecutePreprocessor.timeout = 600\n")
+    run_env = {**_env(), "DLMI_DEVICE": device, **env}
+    subprocess.run(["nbgrader", "generate_assignment", lab.name, "--create", "--force"], cwd=plain, env=run_env,
+                   capture_output=True, check=True)
+    for i in range(k):
+        target = plain / "submitted" / f"s{i:02d}" / lab.name
+        target.mkdir(parents=True)
+        shutil.copy(plain / "source" / lab.name / f"{lab.name}.ipynb", target / f"{lab.name}.ipynb")
+    start = time.monotonic()
+    out = subprocess.run(["nbgrader", "autograde", lab.name], cwd=plain, env=run_env, capture_output=True, text=True)
+    wall = time.monotonic() - start
+    if out.returncode:
+        raise RuntimeError(f"nbgrader autograde failed:\n{out.stderr[-3000:]}")
+    from nbgrader.api import Gradebook
+    with Gradebook(f"sqlite:///{plain / 'gradebook.db'}") as gb:
+        subs = gb.assignment_submissions(lab.name)
+        full = sum(1 for s in subs if s.score == s.max_score - sum(
+            c.max_score for c in gb.find_notebook(lab.name, lab.name).grade_cells if c.cell_type == "markdown"))
+    return {"wall_s": wall, "full_marks": full}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--labs", nargs="+", default=["lab02-convolution", "lab03-cnn-classifier"])
+    ap.add_argument("-k", type=int, default=6, help="copies of each solution (default 6)")
+    ap.add_argument("--workers", type=int, help="our workers (default: cores, or one per GPU)")
+    ap.add_argument("--device", default=os.environ.get("DLMI_DEVICE") or "cpu")
+    ap.add_argument("--json", help="also write the numbers to this file")
+    args = ap.parse_args()
+    course.nbgrader_ready()
+    rows = []
+    for name in args.labs:
+        lab = course.load_lab(name, ROOT)
+        with tempfile.TemporaryDirectory(prefix="dlmi-bench-") as tmp:
+            ours = run_ours(lab, args.k, Path(tmp), args.workers, args.device)
+            plain = run_plain(lab, args.k, Path(tmp), args.device)
+        row = {"lab": name, "k": args.k, "device": args.device, "ours": ours, "plain": plain,
+               "ours_per_min": 60 * args.k / ours["wall_s"], "plain_per_min": 60 * args.k / plain["wall_s"]}
+        row["ratio"] = row["ours_per_min"] / row["plain_per_min"]
+        rows.append(row)
+        print(f"{name}: ours {ours['wall_s']:.1f} s ({row['ours_per_min']:.1f}/min, {ours['full_marks']}/{args.k} "
+              f"full marks, median {ours['per_submission_s']:.1f} s per hand-in) | plain nbgrader "
+              f"{plain['wall_s']:.1f} s ({row['plain_per_min']:.1f}/min, {plain['full_marks']}/{args.k} full marks) | "
+              f"ratio {row['ratio']:.2f}x", flush=True)
+    print("\n| lab | K | device | ours s | ours /min | plain s | plain /min | ratio |\n|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['lab']} | {r['k']} | {r['device']} | {r['ours']['wall_s']:.1f} | {r['ours_per_min']:.1f} | "
+              f"{r['plain']['wall_s']:.1f} | {r['plain_per_min']:.1f} | {r['ratio']:.2f}x |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
