@@ -317,7 +317,8 @@ def draw_detections(ax, image: torch.Tensor, boxes: torch.Tensor, labels: torch.
 
 
 @torch.no_grad()
-def detect_raw(model: nn.Module, images: Sequence[torch.Tensor], score_threshold: float = 0.05) -> list[dict[str, torch.Tensor]]:
+def detect_raw(model: nn.Module, images: Sequence[torch.Tensor],
+               score_threshold: float = 0.05) -> list[dict[str, torch.Tensor]]:
     """Detections of a torchvision R-CNN *before* its final non-maximum suppression (and with
     a low score threshold), to study NMS; the model's settings are restored afterwards."""
     heads = model.roi_heads
@@ -329,11 +330,14 @@ def detect_raw(model: nn.Module, images: Sequence[torch.Tensor], score_threshold
         heads.nms_thresh, heads.score_thresh = saved
 
 
-def postprocess(raw: dict[str, torch.Tensor], score_threshold: float, iou_threshold: float) -> dict[str, torch.Tensor]:
+def postprocess(raw: dict[str, torch.Tensor], score_threshold: float,
+                iou_threshold: float) -> dict[str, torch.Tensor]:
     """Keep detections above ``score_threshold``, then class-agnostic NMS at ``iou_threshold``."""
     keep = raw["scores"] >= score_threshold
     kept = {k: v[keep] for k, v in raw.items()}
-    order = nms(kept["boxes"], kept["scores"], iou_threshold) if len(kept["boxes"]) else torch.zeros(0, dtype=torch.long)
+    if not len(kept["boxes"]):
+        return kept
+    order = nms(kept["boxes"], kept["scores"], iou_threshold)
     return {k: v[order] for k, v in kept.items()}
 
 
