@@ -142,3 +142,21 @@ def test_ct_and_mri_explorers_draw_every_setting():
         mri.f(acceleration=6.0, kind=kind, center_fraction=0.0)
     assert plt.get_fignums()
     plt.close("all")
+
+
+def test_window_explorer_and_every_explorer_settles(monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dlmi import widgets
+
+    calls = []
+    monkeypatch.setattr(widgets, "settle", lambda seconds=0.3: calls.append(seconds))
+    image = samples.shepp_logan(64)
+    made = [widgets.window_explorer(samples.ct_small()), widgets.ct_explorer(image),
+            widgets.mri_explorer(image), widgets.conv_explorer(image)]
+    assert len(calls) == len(made), "each explorer pauses once (see dlmi.widgets.settle)"
+    assert made[0].kwargs == {"level": 40, "width": 400}
+    made[0].f(level=-600, width=1500)
+    plt.close("all")
