@@ -7,11 +7,11 @@ grading becomes the status ``failed: <reason>`` or ``timeout: <reason>`` — nev
 """
 from __future__ import annotations
 
-import atexit
 import csv
 import importlib
 import multiprocessing as mp
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,7 +29,7 @@ from nbformat.v4 import new_output
 from . import course, data, notebook
 from .judge import judge_test
 from .kernel import KernelSession, Limits, SubmissionFailure, claim_uid, gpu_devices, readonly_paths, slot_env
-from .sandbox import PRELOAD, Zygote
+from .sandbox import PRELOAD, Zygote, ZygoteClient, die_with_parent
 
 CSV_FIELDS = ["student", "status", "score", "max_score", "manual_score", "manual_max", "runtime_s", "device",
               "origin", "notebook"]
@@ -129,21 +129,17 @@ def prepare_data(settings: dict) -> tuple[dict[str, str], list[str]]:
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(slots: Any, options: Options, root: str, preload: list[str], ids: dict[str, set[str]]) -> None:
-    """A worker process: its slot (user id, GPU) and its kernel zygote with the labs' imports done."""
+def _init_worker(slots: Any, options: Options, root: str, preload: list[str], ids: dict[str, set[str]],
+                 zygote_socket: str) -> None:
+    """A worker process: its slot (GPU), its own sandbox user id and the shared kernel zygote."""
+    die_with_parent()  # a grader killed mid-run leaves no worker behind (kernels follow the zygote)
     slot = slots.get()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": _scratch_base(), "LANG": "C.UTF-8",
-           **{k: v for k, v in os.environ.items() if k.startswith(("OMP_", "MKL_", "DLMI_")) or k == "PYTHONPATH"},
-           **slot_env(slot, options.device, options.gpus)}
-    log = Path(_scratch_base()) / f"zygote-{slot}-{os.getpid()}.log"
-    zygote = Zygote(list(dict.fromkeys([*PRELOAD, *preload])), env, log)
-    atexit.register(zygote.close)
     uid, lock = claim_uid(Path(_scratch_base()))
-    import torch  # noqa: F401 — the judge's references; imported while the zygote starts
+    import torch  # noqa: F401 — the judge's references
     judge_imports(preload)
-    zygote.wait_ready()
-    _worker.update(slot=slot, uid=uid, uid_lock=lock, options=options, root=Path(root), zygote=zygote, ids=ids)
+    _worker.update(slot=slot, uid=uid, uid_lock=lock, options=options, root=Path(root), ids=ids,
+                   zygote=ZygoteClient(Path(zygote_socket)))
 
 
 def judge_imports(modules: list[str]) -> list[str]:
@@ -203,7 +199,7 @@ def grade_job(job: Job, pack: LabPack) -> dict[str, Any]:
         graded, result["notes"] = notebook.rebuild(student, source, nbformat.from_dict(pack.blank))
         limits = lab_limits(pack.settings, options)
         env = {**slot_env(slot, options.device, options.gpus), **pack.settings.get("_env", {})}
-        workdir = Path(tempfile.mkdtemp(prefix=f"g{slot}-", dir=_scratch_base()))
+        workdir = Path(tempfile.mkdtemp(prefix=f"run{os.getppid()}-g{slot}-", dir=_scratch_base()))
         files = {f"{job.lab}.ipynb": path, **{k: Path(v) for k, v in pack.files.items()}}
         with KernelSession(workdir, _worker["zygote"], uid=_worker["uid"], limits=limits, level=options.level, env=env,
                            ro=readonly_paths(pack.settings.get("_ro", []), _worker["root"]),
@@ -260,6 +256,15 @@ def _execute(session: KernelSession, nb: NotebookNode, result: dict[str, Any], c
                                     "a notebook must run to its end — remove the call")
 
 
+def _remove_stale(base: Path) -> None:
+    """Delete what graders that were killed left in ``base`` (their process no longer exists)."""
+    import psutil
+    for path in base.iterdir():
+        match = re.match(r"(?:zygote-|run)(\d+)", path.name)
+        if match and not psutil.pid_exists(int(match[1])):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
 def _scratch_base() -> str:
     base = Path(tempfile.gettempdir()) / "dlmi-grader"
     base.mkdir(mode=0o711, exist_ok=True)
@@ -281,7 +286,8 @@ def pack_lab(lab: course.Lab, release: Path | None = None) -> LabPack:
 
 
 class Pool:
-    """Worker processes, started at once so their imports overlap the caller's preparation."""
+    """The kernel zygote and the worker processes, started at once so that their imports overlap
+    the caller's preparation."""
 
     def __init__(self, options: Options, root: Path, labs: list[course.Lab], jobs: int) -> None:
         ctx = mp.get_context("spawn")
@@ -289,15 +295,22 @@ class Pool:
         self.workers = max(1, min(options.workers, jobs))
         for i in range(self.workers):
             slots.put(i)
-        preload = [m for lab in labs for m in lab.settings.get("preload", [])]
+        preload = list(dict.fromkeys(m for lab in labs for m in lab.settings.get("preload", [])))
+        base = Path(_scratch_base())
+        _remove_stale(base)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base), "LANG": "C.UTF-8",
+               **{k: v for k, v in os.environ.items() if k.startswith(("OMP_", "MKL_", "DLMI_")) or k == "PYTHONPATH"}}
+        sock = base / f"zygote-{os.getpid()}.sock"
+        self.zygote = Zygote([*PRELOAD, *preload], env, base / f"zygote-{os.getpid()}.log", sock)
         ids = {name: notebook.lab_ids(course.load_lab(name, root).source) for name in course.lab_names(root)}
         self.executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                            initargs=(slots, options, str(root), preload, ids))
+                                            initargs=(slots, options, str(root), preload, ids, str(sock)))
         self._warm = [self.executor.submit(_warm) for _ in range(self.workers)]
 
     def run(self, jobs: list[Job], packs: dict[str, LabPack],
             on_result: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
         """Grade ``jobs``; ``on_result`` sees each result as it lands."""
+        self.zygote.wait_ready()
         results = []
         futures = {self.executor.submit(grade_job, job, packs[job.lab]): job for job in jobs}
         for future in as_completed(futures):
@@ -316,6 +329,7 @@ class Pool:
 
     def __exit__(self, *exc: object) -> None:
         self.executor.shutdown(cancel_futures=True)
+        self.zygote.close()
 
 
 def results_dir(root: Path, options: Options) -> Path:

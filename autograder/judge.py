@@ -175,10 +175,6 @@ class GraderHelpers:
         """A library object inside the kernel, e.g. ``grader.kernel("dlmi.train:predict")``."""
         return ask(self._session, "get", {"import": path}, as_handle=True)
 
-    def upload(self, value: Any) -> Any:
-        """Send data to the kernel once and keep it there (a :class:`Remote`)."""
-        return ask(self._session, "call", {"import": "copy:copy"}, [value], as_handle=True)
-
     def run(self, code: str) -> None:
         """Execute trusted code in the kernel (e.g. to set a trap); raise if it fails."""
         result = self._session.execute(code, "a graded check", store_history=False, bridge_call=True)

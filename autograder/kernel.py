@@ -107,7 +107,7 @@ def readonly_paths(extra: list[str] | None = None, course_root: Path | None = No
 class KernelSession:
     """A kernel for one submission in ``workdir`` (created and removed by the session)."""
 
-    def __init__(self, workdir: Path, zygote: sandbox.Zygote, *, uid: int, limits: Limits, level: str,
+    def __init__(self, workdir: Path, zygote: sandbox.ZygoteClient, *, uid: int, limits: Limits, level: str,
                  env: dict[str, str], ro: list[str], devices: list[str] | None = None,
                  files: dict[str, Path] | None = None) -> None:
         self.workdir, self.zygote, self.uid, self.limits, self.level = workdir, zygote, uid, limits, level

@@ -1,8 +1,8 @@
 """Start student kernels isolated from the grader, the course files and each other — fast.
 
-A **zygote** (one per grading worker, started fresh, never forked from the grader, so it has
+A **zygote** (one per grading run, started fresh, never forked from the grader, so it has
 never seen a solution or a hidden test) imports the heavy libraries once (torch, dlmi,
-ipykernel) and forks one child per submission. The child:
+ipykernel) and forks one child per submission for whichever worker asks. The child:
 
 1. (level ``namespaces``) enters new mount, network, PID, IPC and UTS namespaces;
 2. as PID 1 of the new PID namespace, builds a minimal root file system on a tmpfs —
@@ -24,9 +24,12 @@ import ctypes
 import json
 import os
 import resource
+import selectors
 import signal
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
@@ -79,46 +82,28 @@ def default_level() -> str:
 
 
 class Zygote:
-    """Host side: a preloaded process that forks sandboxed kernels on request."""
+    """Host side: one preloaded process per grading run that forks sandboxed kernels for every
+    worker. It listens on a Unix socket only root (the grader) can use; it is started fresh, so it
+    never held a solution or a hidden test, and it exits when the grader does."""
 
-    def __init__(self, preload: list[str], env: dict[str, str], log: Path) -> None:
-        self._log = open(log, "ab")
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *preload],
+    def __init__(self, preload: list[str], env: dict[str, str], log: Path, socket_path: Path) -> None:
+        self._log, self._logpath, self.socket_path = open(log, "ab"), log, socket_path
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(socket_path), *preload],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env,
                                      cwd="/")
-        self._ready = False
-        self._logpath = log
 
     def wait_ready(self) -> None:
-        """Block until the preloads are imported (the zygote starts in the background)."""
-        if not self._ready:
-            ready = self._read()
-            if ready.get("ready") is not True:
-                raise RuntimeError(f"the kernel zygote did not start: {ready.get('error')} (see {self._logpath})")
-            self._ready = True
-
-    def _read(self) -> dict:
+        """Block until the preloads are imported and the socket listens."""
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the kernel zygote exited (code {self.proc.wait()})")
-        return json.loads(line)
-
-    def spawn(self, spec: Spec) -> int:
-        """Start a kernel; return the host PID of its sandbox (kill that process group to end it)."""
-        assert self.proc.stdin is not None
-        self.wait_ready()
-        self.proc.stdin.write((json.dumps(asdict(spec)) + "\n").encode())
-        self.proc.stdin.flush()
-        answer = self._read()
-        if "pid" not in answer:
-            raise RuntimeError(f"the kernel zygote could not fork: {answer.get('error')}")
-        return int(answer["pid"])
+        ready = json.loads(line) if line else {"error": f"it exited with code {self.proc.wait()}"}
+        if ready.get("ready") is not True:
+            raise RuntimeError(f"the kernel zygote did not start: {ready.get('error')} (see {self._logpath})")
 
     def close(self) -> None:
         if self.proc.poll() is None:
             assert self.proc.stdin is not None
-            self.proc.stdin.close()
+            self.proc.stdin.close()  # end of input: the zygote exits
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -126,6 +111,42 @@ class Zygote:
         self._log.close()
         if self._logpath.exists() and self._logpath.stat().st_size == 0:
             self._logpath.unlink()
+        self.socket_path.unlink(missing_ok=True)
+
+
+class ZygoteClient:
+    """A worker's connection to the zygote."""
+
+    def __init__(self, socket_path: Path, connect_s: float = 300) -> None:
+        self.socket_path, self.connect_s = socket_path, connect_s
+        self._file: IO[str] | None = None
+
+    def _connect(self) -> IO[str]:
+        if self._file is None:
+            until = time.monotonic() + self.connect_s
+            while True:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    sock.connect(str(self.socket_path))
+                    break
+                except OSError:
+                    sock.close()
+                    if time.monotonic() > until:
+                        raise RuntimeError(f"the kernel zygote at {self.socket_path} does not answer") from None
+                    time.sleep(0.1)
+            self._file = sock.makefile("rw")
+        return self._file
+
+    def spawn(self, spec: Spec) -> int:
+        """Start a kernel; return the host PID of its sandbox (kill that process group to end it)."""
+        conn = self._connect()
+        conn.write(json.dumps(asdict(spec)) + "\n")
+        conn.flush()
+        line = conn.readline()
+        answer = json.loads(line) if line else {"error": "the zygote closed the connection"}
+        if "pid" not in answer:
+            raise RuntimeError(f"the kernel zygote could not fork: {answer.get('error')}")
+        return int(answer["pid"])
 
 
 def exit_status(workdir: Path) -> int | None:
@@ -204,22 +225,28 @@ def _drop(spec: Spec) -> None:
 
 def _limit(spec: Spec) -> None:
     mb = 1 << 20
-    limits = {resource.RLIMIT_NPROC: spec.nproc, resource.RLIMIT_FSIZE: spec.fsize_mb * mb,
-              resource.RLIMIT_NOFILE: spec.nofile, resource.RLIMIT_CORE: 0}
+    limits = {resource.RLIMIT_FSIZE: spec.fsize_mb * mb, resource.RLIMIT_NOFILE: spec.nofile, resource.RLIMIT_CORE: 0}
+    if spec.level != "none":  # counted per user: only meaningful for the sandbox's own user id
+        limits[resource.RLIMIT_NPROC] = spec.nproc
     if spec.memory_mb:
         limits[resource.RLIMIT_AS] = spec.memory_mb * mb
     for kind, value in limits.items():
         resource.setrlimit(kind, (value, value))
 
 
-def _die_with_parent() -> None:
+def die_with_parent(parent: int | None = None) -> None:
+    """SIGKILL this process when its parent dies. Changing user ids clears the setting, so call it
+    again after :func:`_drop`; ``parent`` guards against a parent that died before this call."""
     _check(_libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+    if parent is not None and os.getppid() != parent:
+        os._exit(137)
 
 
 def _run_kernel(spec: Spec) -> None:
     """The kernel process: unprivileged, limited, running ipykernel with the preloaded modules."""
-    _die_with_parent()
+    parent = os.getppid()
     _drop(spec)
+    die_with_parent(parent)
     _limit(spec)
     os.environ.clear()
     os.environ.update(spec.env)
@@ -244,7 +271,8 @@ def _reap(child: int) -> int:
 
 def _sandbox(spec: Spec) -> int:
     """PID 1 of the sandbox: build the root, fork the kernel, reap; return the kernel's exit code."""
-    _die_with_parent()
+    parent = os.getppid()
+    die_with_parent(parent)
     if spec.level == "namespaces":
         _build_root(spec)
     os.chdir(spec.cwd)
@@ -257,6 +285,7 @@ def _sandbox(spec: Spec) -> int:
             print(f"sandbox: the kernel failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
             os._exit(127)
     _drop(spec)
+    die_with_parent(parent)
     code = _reap(child)
     return code if code >= 0 else 128 - code  # killed by signal N → 128 + N, as a shell reports it
 
@@ -266,7 +295,7 @@ def _spawned(spec: Spec) -> None:
     code = 126
     try:
         os.setsid()
-        _die_with_parent()
+        die_with_parent()
         log = os.open(os.path.join(spec.workdir, "kernel.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
@@ -297,9 +326,9 @@ def _spawned(spec: Spec) -> None:
             os._exit(code)
 
 
-def zygote_main(preload: list[str]) -> None:
-    """Import ``preload`` once, then fork a sandboxed kernel for each spec read from stdin."""
-    _die_with_parent()
+def zygote_main(socket_path: str, preload: list[str]) -> None:
+    """Import ``preload`` once, then fork a sandboxed kernel for each spec a worker sends."""
+    die_with_parent()
     if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
         sys.path.pop(0)  # this folder is not a place to import from
     out = os.fdopen(os.dup(1), "w", buffering=1)
@@ -307,21 +336,51 @@ def zygote_main(preload: list[str]) -> None:
     try:
         import importlib
         for name in preload:
-            importlib.import_module(name)
+            try:
+                importlib.import_module(name)
+            except ImportError as err:  # a lab's optional library: its notebook will say so itself
+                if name == "ipykernel.kernelapp":
+                    raise
+                print(f"zygote: cannot preload {name}: {err}", file=sys.stderr, flush=True)
+        if os.path.exists(socket_path):
+            os.unlink(socket_path)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o077)  # only the grader's own user may connect
+        server.bind(socket_path)
+        os.umask(old_umask)
+        server.listen(64)
     except BaseException as err:
         out.write(json.dumps({"ready": False, "error": f"{type(err).__name__}: {err}"}) + "\n")
         raise
     out.write(json.dumps({"ready": True}) + "\n")
-    stdin: IO[str] = sys.stdin
-    for line in stdin:
-        try:
-            spec = Spec(**json.loads(line))
-            pid = os.fork()
-            if pid == 0:
-                _spawned(spec)
-            out.write(json.dumps({"pid": pid}) + "\n")
-        except Exception as err:  # answer and go on: one bad spec must not stop the worker
-            out.write(json.dumps({"error": f"{type(err).__name__}: {err}"}) + "\n")
+    selector = selectors.DefaultSelector()
+    selector.register(server, selectors.EVENT_READ, "accept")
+    selector.register(sys.stdin, selectors.EVENT_READ, "parent")
+    while True:
+        for key, _ in selector.select(timeout=1.0):
+            if key.data == "parent":
+                if not sys.stdin.readline():
+                    return  # the grader closed our input: done
+            elif key.data == "accept":
+                conn, _ = server.accept()
+                selector.register(conn, selectors.EVENT_READ, conn.makefile("rw"))
+            else:
+                stream = key.data
+                line = stream.readline()
+                if not line:
+                    selector.unregister(key.fileobj)
+                    stream.close()
+                    key.fileobj.close()
+                    continue
+                try:
+                    spec = Spec(**json.loads(line))
+                    pid = os.fork()
+                    if pid == 0:
+                        _spawned(spec)
+                    stream.write(json.dumps({"pid": pid}) + "\n")
+                except Exception as err:  # answer and go on: one bad spec must not stop the others
+                    stream.write(json.dumps({"error": f"{type(err).__name__}: {err}"}) + "\n")
+                stream.flush()
         while True:  # reap finished sandboxes
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -332,4 +391,4 @@ def zygote_main(preload: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    zygote_main(sys.argv[1:])
+    zygote_main(sys.argv[1], sys.argv[2:])

@@ -228,6 +228,8 @@ def _case_ids() -> list[str]:
 @pytest.mark.parametrize("name", _case_ids())
 def test_case_graded_as_expected(graded: tuple[dict[str, dict], dict[str, dict], Path], name: str) -> None:
     cases, results, base = graded
+    if name == "escape" and os.geteuid() != 0:
+        pytest.skip("the sandbox needs root; without it the grader runs kernels with limits only (and says so)")
     student = name
     assert student in results, f"no result for {name}; got {sorted(results)}"
     res, expect = results[student], cases[name]
