@@ -27,11 +27,11 @@ def _lab_list(args: argparse.Namespace, root: Path) -> list[str]:
 def _options(args: argparse.Namespace) -> grade.Options:
     device, gpus = grade.resolve_device(args.device)
     workers = args.workers or (len(gpus) if device == "cuda" else os.cpu_count() or 1)
-    level = args.isolation or sandbox.default_level()
+    level, refused = (args.isolation, []) if args.isolation else sandbox.default_level()
     if level != "namespaces":
         print(f"WARNING: isolation level {level!r}: student code is NOT sandboxed from this machine's files"
               + ("" if level == "uid" else " and runs with your rights") + "; grade as root on Linux for full "
-              "isolation.", file=sys.stderr)
+              "isolation." + "".join(f"\n  refused {r}" for r in refused), file=sys.stderr)
     if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     return grade.Options(device=device, workers=workers, level=level, gpus=gpus,

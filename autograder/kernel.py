@@ -135,7 +135,7 @@ class KernelSession:
                 for f in filenames:
                     os.chown(os.path.join(dirpath, f), self.uid, self.uid)
         os.chmod(self.scratch, 0o700)
-        os.chmod(self.workdir, 0o700)
+        os.chmod(self.workdir, 0o711)  # the kernel may pass through to home/ and io/, not list or read the rest
         os.chmod(self.io, 0o755)
         conn = {"transport": "ipc", "ip": str(self.scratch / "k"), "shell_port": 1, "iopub_port": 2,
                 "stdin_port": 3, "control_port": 4, "hb_port": 5, "key": secrets.token_hex(16),
@@ -264,7 +264,8 @@ class KernelSession:
             raise self.failure
         code = self.exit_code()
         if code is not None:
-            raise SubmissionFailure("failed", f"the kernel died {where} ({_describe_exit(code)})")
+            tail = self._log_tail() if where == "while starting" else ""
+            raise SubmissionFailure("failed", f"the kernel died {where} ({_describe_exit(code)}){tail}")
 
     # ------------------------------------------------------------------ execution
     def execute(self, code: str, where: str, *, store_history: bool = True, bridge_call: bool = False) -> ExecResult:

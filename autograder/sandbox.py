@@ -64,21 +64,51 @@ class Spec:
     nofile: int = 1024                                # open files
 
 
-def namespaces_available() -> bool:
-    """Whether this process may create the namespaces the ``namespaces`` level needs."""
+def probe(level: str) -> str | None:
+    """Start an empty sandbox at ``level`` the way a kernel would be started; None if it works,
+    else what went wrong (e.g. a container that forbids mounts)."""
+    if level == "none":
+        return None
     if os.geteuid() != 0 or not sys.platform.startswith("linux"):
-        return False
-    probe = subprocess.run([sys.executable, "-c", "import ctypes,sys; sys.exit(ctypes.CDLL(None).unshare("
-                            f"{_CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWIPC | _CLONE_NEWUTS}) != 0)"],
-                           capture_output=True, timeout=60)
-    return probe.returncode == 0
+        return "needs root on Linux"
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--probe", level], capture_output=True,
+                         text=True, timeout=120)
+    return None if out.returncode == 0 else (out.stdout + out.stderr).strip()[-500:] or f"exit {out.returncode}"
 
 
-def default_level() -> str:
-    """The strongest level this machine allows."""
-    if namespaces_available():
-        return "namespaces"
-    return "uid" if os.geteuid() == 0 else "none"
+def default_level() -> tuple[str, list[str]]:
+    """The strongest level this machine allows, and why stronger ones were refused."""
+    refused = []
+    for level in LEVELS:
+        problem = probe(level)
+        if problem is None:
+            return level, refused
+        refused.append(f"{level}: {problem}")
+    return "none", refused
+
+
+def _probe_main(level: str) -> None:
+    """``--probe LEVEL``: run :func:`_spawned` for a sandbox whose 'kernel' only enters its folder."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="dlmi-probe-") as tmp:
+        os.chmod(tmp, 0o711)
+        home, root = os.path.join(tmp, "home"), os.path.join(tmp, "root")
+        os.makedirs(home)
+        os.makedirs(root)
+        os.chown(home, 61999, 61999)
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH")}
+        ro = {sys.prefix, sys.base_prefix, *(p for p in sys.path if p and os.path.isdir(p))}
+        spec = Spec(argv=["--probe"], env=env, cwd=home, workdir=tmp, level=level, uid=61999, ro=sorted(ro),
+                    rw=[home], root=root)
+        pid = os.fork()
+        if pid == 0:
+            _spawned(spec)
+        os.waitpid(pid, 0)
+        code = exit_status(Path(tmp))
+        log = Path(tmp, "kernel.log")
+        if code != 0:
+            print(log.read_text() if log.exists() else "", f"exit {code}", file=sys.stderr)
+        sys.exit(0 if code == 0 else 1)
 
 
 class Zygote:
@@ -197,7 +227,10 @@ def _build_root(spec: Spec) -> None:
     os.makedirs(root + "/dev", exist_ok=True)
     _mount("tmpfs", root + "/dev", "tmpfs", _MS_NOSUID, "size=64k,mode=755")
     for dev in [f"/dev/{d}" for d in _DEVICES] + spec.devices:
-        if os.path.exists(dev):
+        if os.path.isdir(dev):  # e.g. /dev/nvidia-caps
+            os.makedirs(root + dev, exist_ok=True)
+            _mount(dev, root + dev, None, _MS_BIND | _MS_REC)
+        elif os.path.exists(dev):
             open(root + dev, "a").close()
             _mount(dev, root + dev, None, _MS_BIND)
     os.symlink("/proc/self/fd", root + "/dev/fd")
@@ -205,7 +238,11 @@ def _build_root(spec: Spec) -> None:
         os.makedirs(root + mnt, exist_ok=True)
         _mount("tmpfs", root + mnt, "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={spec.tmp_mb}m,mode=1777")
     os.makedirs(root + "/proc", exist_ok=True)
-    _mount("proc", root + "/proc", "proc", _MS_NOSUID | _MS_NODEV)
+    try:
+        _mount("proc", root + "/proc", "proc", _MS_NOSUID | _MS_NODEV)
+    except OSError as err:  # containers that mask parts of their /proc forbid a fresh one
+        print(f"sandbox: no fresh /proc here ({err}); binding the host's read-only", file=sys.stderr, flush=True)
+        _bind("/proc", root)
     for path in ["/usr", "/etc", "/sys", *spec.ro]:
         if os.path.exists(path):
             _bind(path, root)
@@ -231,6 +268,8 @@ def _limit(spec: Spec) -> None:
     if spec.memory_mb:
         limits[resource.RLIMIT_AS] = spec.memory_mb * mb
     for kind, value in limits.items():
+        hard = resource.getrlimit(kind)[1]
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(kind, (value, value))
 
 
@@ -245,9 +284,12 @@ def die_with_parent(parent: int | None = None) -> None:
 def _run_kernel(spec: Spec) -> None:
     """The kernel process: unprivileged, limited, running ipykernel with the preloaded modules."""
     parent = os.getppid()
+    _limit(spec)
     _drop(spec)
     die_with_parent(parent)
-    _limit(spec)
+    if spec.argv == ["--probe"]:  # can this user, in this sandbox, import what a kernel needs?
+        os.chdir(spec.cwd)
+        os.execve(sys.executable, [sys.executable, "-c", "import ipykernel.kernelapp, numpy"], spec.env)
     os.environ.clear()
     os.environ.update(spec.env)
     os.chdir(spec.cwd)
@@ -391,4 +433,7 @@ def zygote_main(socket_path: str, preload: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    zygote_main(sys.argv[1], sys.argv[2:])
+    if sys.argv[1] == "--probe":
+        _probe_main(sys.argv[2])
+    else:
+        zygote_main(sys.argv[1], sys.argv[2:])
