@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import nbformat
+import psutil
 from nbformat import NotebookNode
 from nbformat.v4 import new_output
 
@@ -258,11 +259,14 @@ def _execute(session: KernelSession, nb: NotebookNode, result: dict[str, Any], c
 
 def _remove_stale(base: Path) -> None:
     """Delete what graders that were killed left in ``base`` (their process no longer exists)."""
-    import psutil
     for path in base.iterdir():
         match = re.match(r"(?:zygote-|run)(\d+)", path.name)
-        if match and not psutil.pid_exists(int(match[1])):
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        if not match or psutil.pid_exists(int(match[1])):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _scratch_base() -> str:
