@@ -100,3 +100,35 @@ def test_every_cited_key_is_in_the_bibliography():
                   "Balakrishnan2018", "Balakrishnan2019", "Isensee2021", "Yang2023", "Ciompi2015",
                   "Gulshan2016", "Esteva2017", "Mobadersany2018", "Novikov2018"]:
         assert paper in keys
+
+
+def test_every_book_explorer_settles(monkeypatch):
+    """Each explorer the chapters call pauses after drawing (dlmi.widgets.settle), so a
+    widget cell cannot stall the book build."""
+    import numpy as np
+    import torch
+
+    import dlmi.widgets
+    from dlmi import augment, detection, registration, segmentation
+
+    calls = []
+    monkeypatch.setattr(dlmi.widgets, "settle", lambda seconds=0.3: calls.append(seconds))
+    image = np.random.default_rng(0).random((16, 16))
+    x = torch.rand(2, 1, 16, 16)
+    cells = dlmi.SyntheticCells(1, size=64, seed=0)
+    target = detection.plain_target(cells[0][1])
+    raw = [{"boxes": target["boxes"], "scores": torch.ones(len(target["boxes"])), "labels": target["labels"]}]
+    builders = {
+        "window": lambda: dlmi.widgets.window_explorer(image),
+        "ct": lambda: dlmi.widgets.ct_explorer(image),
+        "mri": lambda: dlmi.widgets.mri_explorer(image),
+        "conv": lambda: dlmi.widgets.conv_explorer(image),
+        "augment": lambda: augment.explorer({"noise": torch.rand(3, 16, 16)}),
+        "threshold": lambda: segmentation.threshold_explorer(x, x[:, 0], x[:, 0] > 0.5),
+        "detection": lambda: detection.detection_explorer([cells[0][0]], raw, [target]),
+        "denoise": lambda: registration.denoise_explorer(registration.DnCNN(1, 4, 3), x[:1]),
+    }
+    for name, build in builders.items():
+        before = len(calls)
+        build()
+        assert len(calls) == before + 1, f"the {name} explorer does not go through dlmi.widgets.explorer"

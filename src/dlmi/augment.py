@@ -271,6 +271,8 @@ def explorer(images: Mapping[str, torch.Tensor]):
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
+    from .widgets import explorer as settled_explorer
+
     def show(image: str, augmentation: str, strength: float = 0.5, seed: int = 0) -> None:
         x = tv_tensors.Image(images[image])
         t = strength_transform(augmentation, strength, x.shape[-1])
@@ -279,7 +281,7 @@ def explorer(images: Mapping[str, torch.Tensor]):
                   ncols=5, size=2.2)
         plt.show()
 
-    return widgets.interactive(
+    return settled_explorer(
         show, image=widgets.Dropdown(options=list(images)),
         augmentation=widgets.Dropdown(options=list(EXPLORER_AUGMENTATIONS)),
         strength=widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05),

@@ -347,6 +347,8 @@ def detection_explorer(images: Sequence[torch.Tensor], raw: Sequence[dict], targ
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
+    from .widgets import explorer as settled_explorer
+
     def show(index: int = 0, score_threshold: float = 0.5, iou_threshold: float = 0.5) -> None:
         kept = postprocess(raw[index], score_threshold, iou_threshold)
         pr = precision_recall([kept], [targets[index]], score_threshold=0.0)
@@ -356,7 +358,7 @@ def detection_explorer(images: Sequence[torch.Tensor], raw: Sequence[dict], targ
                         title=f"{len(kept['boxes'])} boxes: precision {pr['precision']:.2f}, recall {pr['recall']:.2f}")
         plt.show()
 
-    return widgets.interactive(
+    return settled_explorer(
         show, index=widgets.IntSlider(value=0, min=0, max=len(images) - 1),
         score_threshold=widgets.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.05, description="score ≥"),
         iou_threshold=widgets.FloatSlider(value=0.5, min=0.1, max=1.0, step=0.05, description="NMS IoU"))

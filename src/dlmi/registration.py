@@ -253,6 +253,8 @@ def denoise_explorer(model: nn.Module, image: torch.Tensor):
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
+    from .widgets import explorer as settled_explorer
+
     def show(kind: str = "gaussian", sigma: float = 0.1, seed: int = 0) -> None:
         noisy = add_noise(image, kind, sigma, generator=torch.Generator().manual_seed(seed))
         model.eval()
@@ -266,6 +268,7 @@ def denoise_explorer(model: nn.Module, image: torch.Tensor):
             ax.axis("off")
         plt.show()
 
-    return widgets.interactive(show, kind=widgets.Dropdown(options=["gaussian", "speckle", "poisson"]),
-                               sigma=widgets.FloatSlider(value=0.1, min=0.02, max=0.3, step=0.02),
-                               seed=widgets.IntSlider(value=0, min=0, max=10))
+    return settled_explorer(
+        show, kind=widgets.Dropdown(options=["gaussian", "speckle", "poisson"]),
+        sigma=widgets.FloatSlider(value=0.1, min=0.02, max=0.3, step=0.02),
+        seed=widgets.IntSlider(value=0, min=0, max=10))

@@ -297,6 +297,8 @@ def threshold_explorer(images: torch.Tensor, probs: torch.Tensor, targets: torch
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
+    from .widgets import explorer as settled_explorer
+
     def show(index: int = 0, threshold: float = 0.5) -> None:
         pred = probs[index] > threshold
         d = dice_score(pred[None], targets[index][None]).item()
@@ -308,5 +310,6 @@ def threshold_explorer(images: torch.Tensor, probs: torch.Tensor, targets: torch
         ax.axis("off")
         plt.show()
 
-    return widgets.interactive(show, index=widgets.IntSlider(value=0, min=0, max=len(images) - 1),
-                               threshold=widgets.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.05))
+    return settled_explorer(
+        show, index=widgets.IntSlider(value=0, min=0, max=len(images) - 1),
+        threshold=widgets.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.05))
