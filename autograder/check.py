@@ -50,8 +50,9 @@ def secret_lines(lab: course.Lab, others: list[course.Lab] = ()) -> set[str]:
 
 
 def leaks(root: Path, labs: list[course.Lab]) -> list[str]:
-    """Files under ``labs/`` that carry a marker or a secret line of any lab."""
-    secrets = {lab.name: secret_lines(lab, labs) for lab in labs}
+    """Files under ``labs/`` that carry a marker or a secret line of one of ``labs``."""
+    everyone = [course.load_lab(name, root) for name in course.lab_names(root)] or labs
+    secrets = {lab.name: secret_lines(lab, everyone) for lab in labs}
     found = []
     for path in sorted((root / "labs").rglob("*")):
         if not path.is_file():

@@ -219,6 +219,13 @@ def test_leak_check_finds_solution_and_hidden_lines(tmp_path: Path, lab: course.
     assert any("marker.py" in f and "marker" in f for f in found)
 
 
+@pytest.mark.parametrize("name", course.lab_names(ROOT))
+def test_leak_check_of_one_lab_agrees_with_all(name: str) -> None:
+    """`check LAB` alone must not call a line secret that another lab prints in the open
+    (``super().__init__()`` in lab 7's solution and in lab 6's released scaffold)."""
+    assert check.leaks(ROOT, [course.load_lab(name, ROOT)]) == []
+
+
 def test_stale_release_is_reported(tmp_path: Path, lab: course.Lab) -> None:
     fake = copy.deepcopy(lab)
     fake.root = tmp_path
