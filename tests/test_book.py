@@ -102,6 +102,17 @@ def test_every_cited_key_is_in_the_bibliography():
         assert paper in keys
 
 
+CODE_WIDTH = 80  # characters a code cell shows on a book page without a scroll bar
+
+
+@pytest.mark.parametrize("page", [f for f in toc_files() if (BOOK / f"{f}.md").is_file()])
+def test_code_cells_fit_the_page(page: str) -> None:
+    text = (BOOK / f"{page}.md").read_text()
+    cells = re.findall(r"```\{code-cell\}[^\n]*\n(.*?)```", text, re.S)
+    wide = [line for cell in cells for line in cell.splitlines() if len(line) > CODE_WIDTH]
+    assert not wide, f"{page}.md: {len(wide)} code line(s) wider than {CODE_WIDTH} characters, e.g. {wide[0]!r}"
+
+
 def test_every_book_explorer_settles(monkeypatch):
     """Each explorer the chapters call pauses after drawing (dlmi.widgets.settle), so a
     widget cell cannot stall the book build."""
