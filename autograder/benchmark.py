@@ -49,7 +49,7 @@ class _InKernelGrader:
         self.__dict__.update(_data.providers(settings))
 
     def kernel(self, path):
-        return _bridge._resolve({"import": path}, {})
+        return _bridge._resolve({"import": path}, get_ipython().user_ns)
 
     def run(self, code):
         exec(code, get_ipython().user_ns)
@@ -145,6 +145,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="dlmi-bench-") as tmp:
             ours = run_ours(lab, args.k, Path(tmp), args.workers, args.device)
             plain = run_plain(lab, args.k, Path(tmp), args.device)
+        for side, got in (("dlmi-grader", ours), ("plain nbgrader", plain)):
+            if got["full_marks"] != args.k:
+                raise SystemExit(f"{name}: {side} gave full marks to {got['full_marks']} of {args.k} copies of the "
+                                 "solution, so the two did not do the same work: no ratio")
         row = {"lab": name, "k": args.k, "device": args.device, "ours": ours, "plain": plain,
                "ours_per_min": 60 * args.k / ours["wall_s"], "plain_per_min": 60 * args.k / plain["wall_s"],
                "load_average": os.getloadavg()[0], "cores": os.cpu_count()}
