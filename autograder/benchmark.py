@@ -10,7 +10,9 @@ For each lab, K copies of the reference solution are graded twice:
   inside the kernel (from :mod:`autograder.bridge` and :mod:`autograder.data`), so both run the
   same checks (``grader.forbid`` is a no-op there: inside one kernel it would also trap the
   test's own reference implementation). Its per-cell timeout is raised to 600 s so that
-  training cells can finish.
+  training cells can finish. A ratio needs full marks from ours on every copy and every test
+  cell run to the end by plain nbgrader (which scores 0 for a test whose code printed a
+  warning to stderr, so its own marks can be lower).
 
 Both wall times include start-up. Prints submissions/minute, the ratio and the machine's load
 average (other work on the machine slows both, the parallel grader more); ``--json`` saves them.
@@ -127,7 +129,11 @@ def run_plain(lab: course.Lab, k: int, tmp: Path, device: str) -> dict:
         subs = gb.assignment_submissions(lab.name)
         full = sum(1 for s in subs if s.score == s.max_score - sum(
             c.max_score for c in gb.find_notebook(lab.name, lab.name).grade_cells if c.cell_type == "markdown"))
-    return {"wall_s": wall, "full_marks": full}
+    # the same work: every test cell ran to the end (nbgrader also fails a test that wrote to stderr)
+    done = sum(not any(o.get("output_type") == "error" for c in nbformat.read(p, as_version=4).cells
+                       if c.cell_type == "code" for o in c.get("outputs", []))
+               for p in (plain / "autograded").glob(f"*/{lab.name}/{lab.name}.ipynb"))
+    return {"wall_s": wall, "full_marks": full, "completed": done}
 
 
 def main() -> None:
@@ -145,10 +151,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="dlmi-bench-") as tmp:
             ours = run_ours(lab, args.k, Path(tmp), args.workers, args.device)
             plain = run_plain(lab, args.k, Path(tmp), args.device)
-        for side, got in (("dlmi-grader", ours), ("plain nbgrader", plain)):
-            if got["full_marks"] != args.k:
-                raise SystemExit(f"{name}: {side} gave full marks to {got['full_marks']} of {args.k} copies of the "
-                                 "solution, so the two did not do the same work: no ratio")
+        if ours["full_marks"] != args.k or plain["completed"] != args.k:
+            raise SystemExit(f"{name}: dlmi-grader gave full marks to {ours['full_marks']} and plain nbgrader ran "
+                             f"every test of {plain['completed']} of {args.k} copies of the solution, so the two "
+                             "did not do the same work: no ratio")
         row = {"lab": name, "k": args.k, "device": args.device, "ours": ours, "plain": plain,
                "ours_per_min": 60 * args.k / ours["wall_s"], "plain_per_min": 60 * args.k / plain["wall_s"],
                "load_average": os.getloadavg()[0], "cores": os.cpu_count()}
@@ -156,7 +162,8 @@ def main() -> None:
         rows.append(row)
         print(f"{name}: ours {ours['wall_s']:.1f} s ({row['ours_per_min']:.1f}/min, {ours['full_marks']}/{args.k} "
               f"full marks, median {ours['per_submission_s']:.1f} s per hand-in) | plain nbgrader "
-              f"{plain['wall_s']:.1f} s ({row['plain_per_min']:.1f}/min, {plain['full_marks']}/{args.k} full marks) | "
+              f"{plain['wall_s']:.1f} s ({row['plain_per_min']:.1f}/min, {plain['full_marks']}/{args.k} full marks"
+              f"{'' if plain['full_marks'] == args.k else ': it fails a test that printed a warning to stderr'}) | "
               f"ratio {row['ratio']:.2f}x (load average {row['load_average']:.1f} on {row['cores']} cores: other "
               "work on the machine lowers both, ours more)", flush=True)
     print("\n| lab | K | device | ours s | ours /min | plain s | plain /min | ratio | load |\n"
