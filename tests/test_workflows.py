@@ -7,10 +7,14 @@ Nothing here can run a workflow; what can be checked without GitHub is checked:
 * every ``make TARGET`` a workflow runs is a target of the Makefile, and every
   ``dlmi-grader SUB --option`` it (or a Makefile recipe) runs is accepted by the real CLI;
 * every repository path a workflow names exists, or is a git-ignored build output;
-* the publish workflow builds with ``DLMI_DATA=real``, caches ``DLMI_DATA_DIR``, refuses
-  stand-in output and deploys with the Pages actions;
-* jobs that execute student code get a read-only token, no secrets, no git credentials and
-  save no caches, and a separate job merges their results;
+* zizmor (a GitHub Actions security linter) reports nothing, run offline: every action is
+  pinned by commit, no template injection, no cache a release could be poisoned from;
+* the publish workflow builds with ``DLMI_DATA=real``, refuses stand-in output and deploys
+  with the Pages actions;
+* jobs that publish (Pages, releases) or handle grades restore and save no cache: only the
+  pull-request/push CI job keeps caches;
+* jobs that execute student code get a read-only token, no secrets and no git credentials,
+  and a separate job merges their results;
 * the release workflow's leak check (``.github/scripts/check_release.py``) catches leaks.
 
 Each check is a function that returns the problems it finds; the tests run it on the real
@@ -400,11 +404,6 @@ def student_code_problems(wf: dict) -> list[str]:
             with_ = step.get("with") or {}
             if action(step) == "actions/checkout" and with_.get("persist-credentials") is not False:
                 problems.append(f"job {job_id}: checkout must set persist-credentials: false")
-            if action(step) in {"actions/cache", "actions/cache/save"}:
-                problems.append(f"job {job_id}: {uses(step)} would save a cache after student code ran; "
-                                "use actions/cache/restore")
-            if action(step) == "actions/setup-python" and "cache" in with_:
-                problems.append(f"job {job_id}: setup-python's cache saves ~/.cache/pip after student code ran")
     merges = jobs_running(wf, "dlmi-grader", "merge")
     if not merges:
         problems.append("no job runs `dlmi-grader merge`")
@@ -495,10 +494,6 @@ def publish_problems(wf: dict) -> list[str]:
         data_dir = env.get("DLMI_DATA_DIR") or github_env_writes(job).get("DLMI_DATA_DIR")
         if not data_dir:
             problems.append(f"job {job_id}: DLMI_DATA_DIR is not set")
-        caches = [s for s in steps(job) if action(s) == "actions/cache"]
-        cached = [str((s.get("with") or {}).get("path", "")) for s in caches]
-        if not any("env.DLMI_DATA_DIR" in p or (data_dir and data_dir in p) for p in cached):
-            problems.append(f"job {job_id}: no actions/cache step restores and saves DLMI_DATA_DIR")
     used = {action(s) for job in (wf.get("jobs") or {}).values() for s in steps(job)}
     for needed in ("actions/upload-pages-artifact", "actions/deploy-pages", "actions/upload-artifact"):
         if needed not in used:
@@ -514,6 +509,43 @@ def publish_problems(wf: dict) -> list[str]:
     if "pull_request" not in on or "main" not in json.dumps(on.get("push")):
         problems.append("must build on pull requests and publish on pushes to main")
     return problems
+
+
+CACHE_ACTIONS = {"actions/cache", "actions/cache/restore", "actions/cache/save"}
+PUBLISH_ACTIONS = {"actions/upload-pages-artifact", "actions/deploy-pages"}
+
+
+def cache_uses(job: dict) -> list[str]:
+    """The steps of a job that restore or save a cache (cache actions, setup-python's ``cache:``)."""
+    return [uses(s) for s in steps(job)
+            if action(s) in CACHE_ACTIONS or (action(s).startswith("actions/setup-") and "cache" in (s.get("with") or {}))]
+
+
+def trusted_output_jobs(wf: dict) -> dict[str, str]:
+    """Jobs whose output is published or graded, with the reason: a poisoned cache would reach users."""
+    found: dict[str, str] = {}
+    for job_id, job in (wf.get("jobs") or {}).items():
+        if any(action(s) in PUBLISH_ACTIONS for s in steps(job)):
+            found[job_id] = "publishes the site"
+    for sub in ("grade", "merge", "feedback"):
+        for job_id in jobs_running(wf, "dlmi-grader", sub):
+            found.setdefault(job_id, f"handles grades (dlmi-grader {sub})")
+    for job_id, _, _, script in scripts(wf):
+        if invocations(script, "gh") and any(a[:2] == ["release", "upload"] or a[:2] == ["release", "create"]
+                                             for a in invocations(script, "gh")):
+            found.setdefault(job_id, "publishes a release")
+    on = triggers(wf)
+    if "release" in on or (isinstance(on.get("push"), dict) and "tags" in on["push"]):
+        for job_id in (wf.get("jobs") or {}):
+            found.setdefault(job_id, "runs on a release tag")
+    return found
+
+
+def cache_problems(wf: dict) -> list[str]:
+    jobs = wf.get("jobs") or {}
+    return [f"job {job_id} {why} but uses a cache ({', '.join(cache_uses(jobs[job_id]))}): a poisoned cache "
+            "would reach what it publishes; keep caches in the CI job only"
+            for job_id, why in trusted_output_jobs(wf).items() if cache_uses(jobs[job_id])]
 
 
 def jupyter_cache_keys(wf: dict) -> list[str]:
@@ -583,6 +615,45 @@ def test_actionlint_can_fail(tmp_path: Path) -> None:
     result = actionlint(bad, cwd=tmp_path)
     assert result.returncode != 0
     assert "persist-credential" in result.stdout and "matrix" in result.stdout, result.stdout
+
+
+# =========================================================================== tests: zizmor
+
+def zizmor(*paths: Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """zizmor offline (no GitHub API), with the repository's config (suppressions need a reason)."""
+    here = Path(sys.executable).parent / "zizmor"
+    found = str(here) if here.exists() else shutil.which("zizmor")
+    assert found, "zizmor not found: it comes with the pinned zizmor package (pip install -e .)"
+    return subprocess.run([found, "--offline", "--no-progress", "--format", "plain", *map(str, paths)],
+                          cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NO_COLOR": "1"})
+
+
+def test_zizmor_finds_nothing() -> None:
+    result = zizmor(WORKFLOW_DIR)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "No findings to report" in result.stdout + result.stderr
+
+
+def test_zizmor_can_fail(tmp_path: Path) -> None:
+    """A copy of the real CI workflow with one action pinned by tag instead of by commit."""
+    bad = tmp_path / ".github" / "workflows" / "ci.yml"
+    bad.parent.mkdir(parents=True)
+    text = (WORKFLOW_DIR / "ci.yml").read_text()
+    pinned = re.search(r"uses: (actions/checkout)@[0-9a-f]{40}[^\n]*", text)
+    assert pinned, "ci.yml checks out the repository with a commit-pinned actions/checkout"
+    bad.write_text(text.replace(pinned.group(0), "uses: actions/checkout@v5"))
+    result = zizmor(bad.parent, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "unpinned" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_every_action_is_pinned_by_commit_with_its_version() -> None:
+    """``owner/repo@<40 hex> # vX.Y.Z``: dependabot updates both the commit and the comment."""
+    for path in WORKFLOWS:
+        for line in path.read_text().splitlines():
+            if re.match(r"\s*(- )?uses:", line) and "./" not in line:
+                assert re.search(r"@[0-9a-f]{40} # v\d+\.\d+\.\d+$", line), f"{path.name}: {line.strip()}"
 
 
 # =========================================================================== tests: make & CLI
@@ -683,10 +754,9 @@ def test_publish_check_can_fail() -> None:
     wf = publish_workflow()
     wf["env"]["DLMI_DATA"] = "auto"
     for job in wf["jobs"].values():
-        job["steps"] = [s for s in steps(job) if not (action(s) == "actions/cache" and "DLMI_DATA_DIR" in str(s["with"]["path"]))]
         job.pop("permissions", None)
     problems = "\n".join(publish_problems(wf))
-    assert "DLMI_DATA='auto'" in problems and "DLMI_DATA_DIR" in problems and "id-token" in problems, problems
+    assert "DLMI_DATA='auto'" in problems and "id-token" in problems, problems
 
 
 def test_publish_refuses_stand_in_output() -> None:
@@ -703,12 +773,33 @@ def test_publish_refuses_stand_in_output() -> None:
             assert pattern not in page.read_text(), f"{page.name} says {pattern!r}: the publish guard would fail on it"
 
 
-def test_real_and_stand_in_notebook_caches_are_apart() -> None:
-    """Executed outputs computed on real data never mix with CI's (auto/stand-in) outputs."""
-    publish = {_key_prefix(k) for k in jupyter_cache_keys(publish_workflow())}
-    others = {_key_prefix(k) for name, wf in workflows().items() if not deploys_pages(wf) for k in jupyter_cache_keys(wf)}
-    assert publish and others
-    assert not any(p.startswith(o) or o.startswith(p) for p in publish for o in others), (publish, others)
+@pytest.mark.parametrize("name", [p.name for p in WORKFLOWS])
+def test_no_cache_where_output_is_published_or_graded(name: str) -> None:
+    assert cache_problems(workflows()[name]) == []
+
+
+@pytest.mark.parametrize("breakage", ["pages", "release-tag", "grading-restore", "merge-pip"])
+def test_cache_check_can_fail(breakage: str) -> None:
+    pip_cache = {"uses": "actions/setup-python@v6", "with": {"python-version": "3.11", "cache": "pip"}}
+    restore = {"uses": "actions/cache/restore@v4", "with": {"path": "x", "key": "y"}}
+    if breakage == "pages":
+        wf = publish_workflow()
+        next(j for j in wf["jobs"].values() if any(action(s) in PUBLISH_ACTIONS for s in steps(j)))["steps"].insert(0, pip_cache)
+    elif breakage == "release-tag":
+        wf = {"on": {"push": {"tags": ["v*"]}}, "jobs": {"build": {"steps": [pip_cache, {"run": "make labs"}]}}}
+    else:
+        wf = grade_workflow()
+        sub = "grade" if breakage == "grading-restore" else "merge"
+        [job] = jobs_running(wf, "dlmi-grader", sub).values()
+        job["steps"].insert(0, restore if breakage == "grading-restore" else pip_cache)
+    assert cache_problems(wf), breakage
+
+
+def test_ci_keeps_its_caches() -> None:
+    """The pull-request/push job is the one place caches are allowed (and wanted: speed)."""
+    ci = workflows()["ci.yml"]
+    assert trusted_output_jobs(ci) == {}
+    assert any(cache_uses(job) for job in ci["jobs"].values())
 
 
 # =========================================================================== tests: CI
@@ -771,7 +862,7 @@ def test_student_code_check_can_fail(breakage: str) -> None:
     elif breakage == "credentials":
         next(s for s in steps(job) if action(s) == "actions/checkout")["with"] = {}
     elif breakage == "cache-save":
-        job["steps"].append({"uses": "actions/cache@v4", "with": {"path": "x", "key": "y"}})
+        job["permissions"] = {"contents": "read", "actions": "write"}
     elif breakage == "no-merge":
         wf["jobs"] = {job_id: job}
     assert student_code_problems(wf), breakage
