@@ -14,7 +14,7 @@ BOOK_SRC := $(shell find $(BOOK_DIR) -maxdepth 1 -type f \( -name '*.md' -o -nam
             $(shell find src/dlmi -name '*.py')
 LAB_SRC := $(shell find solutions autograder -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
-.PHONY: all venv book labs check test bench clean
+.PHONY: all venv book labs check test bench bench-recipes clean
 all: venv book labs
 
 venv: $(VENV)/.installed
@@ -43,6 +43,10 @@ test: book labs
 
 bench: labs
 	$(BIN)/python autograder/benchmark.py
+
+# The reference training recipe on one MedMNIST flag per task type (real data when present).
+bench-recipes: venv
+	$(BIN)/python -m dlmi.recipes
 
 clean:
 	rm -rf book/_build labs/.released
