@@ -1,6 +1,8 @@
 """The MedMNIST data layer: modes, the stand-in's format, learnability and error cases."""
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -13,6 +15,13 @@ from medmnist.info import INFO
 import dlmi
 from dlmi import datasets, standin
 from dlmi.train import accuracy, fit, predict
+
+
+@pytest.fixture(autouse=True)
+def no_waiting(monkeypatch):
+    """Downloads in real mode retry with back-off: no waiting between attempts in tests."""
+    monkeypatch.setenv("DLMI_FETCH_BACKOFF", "0")
+    datasets._verified.clear()
 
 
 def write_fake_real(root: Path, flag: str = "breastmnist") -> Path:
@@ -140,6 +149,7 @@ def test_download_goes_through_medmnist_and_lands_atomically(data_dir, monkeypat
         shutil.copy(source, Path(root) / filename)
 
     monkeypatch.setattr("torchvision.datasets.utils.download_url", fake_download_url)
+    monkeypatch.setitem(INFO["breastmnist"], "MD5", hashlib.md5(source.read_bytes()).hexdigest())
     ds = dlmi.load_medmnist("breastmnist", "test", mode="real")
     assert calls == [INFO["breastmnist"]["url"]]
     assert ds.data_mode == "real" and (data_dir / "breastmnist.npz").exists()
@@ -185,3 +195,73 @@ def test_tensors_layout_multilabel_and_device(data_dir, offline):
     x, y = dlmi.load_medmnist_tensors("chestmnist", "val", mode="synthetic", device="cpu")
     assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
     assert y.dtype == torch.float32 and y.shape == (len(x), 14)
+
+
+def test_a_real_file_is_validated_once(data_dir, offline, monkeypatch):
+    path = write_fake_real(data_dir)
+    before = datasets.validations
+    for _ in range(3):
+        dlmi.resolve_mode("breastmnist", mode="real")
+        dlmi.load_medmnist("breastmnist", "val", mode="real")
+    assert datasets.validations == before + 1
+    assert (data_dir / ".verified" / "breastmnist.npz.json").exists()
+    datasets._verified.clear()  # another process (kernel) trusts the stamp
+    dlmi.resolve_mode("breastmnist", mode="real")
+    assert datasets.validations == before + 1
+    st = path.stat()  # the file changes on disk: validated again, and a damaged one is caught
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2] + bytes(len(content) - len(content) // 2))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    with pytest.raises(dlmi.CorruptDataError):
+        dlmi.resolve_mode("breastmnist", mode="real")
+    assert datasets.validations == before + 2
+
+
+def test_stamp_of_older_checks_is_not_trusted(data_dir, offline, monkeypatch):
+    write_fake_real(data_dir)
+    dlmi.resolve_mode("breastmnist", mode="real")
+    datasets._verified.clear()
+    monkeypatch.setattr(datasets, "CHECKS_VERSION", datasets.CHECKS_VERSION + 1)
+    before = datasets.validations
+    dlmi.resolve_mode("breastmnist", mode="real")
+    assert datasets.validations == before + 1
+
+
+def _write_arrays(root: Path, flag: str, change) -> Path:
+    """A real-format file with one array changed by ``change(arrays)``."""
+    path = write_fake_real(root, flag)
+    with np.load(path) as npz:
+        arrays = dict(npz)
+    change(arrays)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda a: a.update(val_images=a["val_images"][:50], val_labels=a["val_labels"][:50]),
+     r"its val split has 50 images and 50 labels, but medmnist.INFO\['breastmnist'\] expects 78"),
+    (lambda a: a.update(train_labels=a["train_labels"].astype(np.float32)),
+     r"train labels are float32 \(1,\), expected integer class labels"),
+    (lambda a: a.update(test_images=np.zeros((156, 32, 32), np.uint8)),
+     r"test images are uint8 \(32, 32\), expected uint8 \(28, 28\)"),
+    (lambda a: a.update(test_labels=np.full((156, 1), 7, np.uint8)),
+     r"test labels run from 7 to 7, expected 0 to 1"),
+    (lambda a: a.pop("val_labels"), r"no array 'val_labels'"),
+])
+def test_nonstandard_real_file_is_a_clear_error(change, match, data_dir, offline):
+    path = _write_arrays(data_dir, "breastmnist", change)
+    with pytest.raises(dlmi.CorruptDataError, match=match) as err:
+        dlmi.load_medmnist("breastmnist", "val", mode="auto")
+    message = str(err.value)
+    assert str(path) in message and "dlmi-data fetch breastmnist" in message
+    assert INFO["breastmnist"]["MD5"] in message
+    assert not (data_dir / ".verified" / "breastmnist.npz.json").exists()
+
+
+def test_uint8_tensors_match_float_ones(data_dir, offline):
+    x, y = dlmi.load_medmnist_tensors("dermamnist", "val", mode="synthetic")
+    xu, yu = dlmi.load_medmnist_tensors("dermamnist", "val", mode="synthetic", dtype=torch.uint8)
+    assert xu.dtype == torch.uint8 and xu.shape == x.shape and xu.is_contiguous()
+    assert torch.equal(datasets.to_float(xu), x) and torch.equal(y, yu)
+    with pytest.raises(ValueError, match="dtype"):
+        dlmi.load_medmnist_tensors("dermamnist", "val", mode="synthetic", dtype=torch.float16)

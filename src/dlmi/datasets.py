@@ -2,19 +2,21 @@
 
 Modes (argument ``mode`` or env ``DLMI_DATA``, default ``auto``):
 
-* ``real``: the cached npz under the data root, else a download by medmnist (short timeout);
-  failure is an error, never a silent stand-in.
+* ``real``: the npz under the data root, else a download through :func:`dlmi.fetch.fetch`
+  (medmnist's own download, MD5 checked, three attempts); failure is an error, never a silent
+  stand-in. Fetch files ahead with ``dlmi-data fetch`` (``make data``).
 * ``synthetic``: the learnable stand-in of :mod:`dlmi.standin`, registered with medmnist under
   the flag ``<flag>_synthetic`` and stored in ``<root>/synthetic/`` apart from real files.
 * ``auto``: real if it can be had, else the stand-in with a loud one-line notice.
 
-The data root is ``root`` or env ``DLMI_DATA_DIR`` (default ``~/.medmnist``).
+The data root is ``root`` or env ``DLMI_DATA_DIR`` (default ``~/.medmnist``). A real file is
+validated once (every array decompressed and checked against ``medmnist.INFO``); a stamp in
+``<root>/.verified/`` keyed by the file's size and mtime lets later loads skip that.
 """
 from __future__ import annotations
 
+import json
 import os
-import shutil
-import socket
 import sys
 import tempfile
 import zipfile
@@ -68,44 +70,102 @@ def _check_args(flag: str, size: int, mode: str, split: str | None = None) -> No
         raise ValueError(f"Unknown split {split!r}; valid splits: {', '.join(SPLITS)}.")
 
 
-def _validate(path: Path, info: dict, expected: dict[str, int] | None = None) -> None:
-    """Raise :class:`CorruptDataError` unless ``path`` is a readable MedMNIST npz."""
-    hint = (f"Delete {path} and load again with mode='real' (online) to re-fetch it, "
-            f"or download {info.get('url') or 'it'} by hand.")
+def _refetch_hint(path: Path, flag: str, size: int) -> str:
+    suffix = _suffix(size)
+    sized = "" if size == 28 else f" --size {size}"
+    return (f"Delete {path} and re-fetch it with `dlmi-data fetch {flag}{sized}` (it checks the "
+            f"MD5), or download {INFO[flag].get(f'url{suffix}') or 'it'} by hand "
+            f"(MD5 {INFO[flag].get(f'MD5{suffix}')}). A subset of your own needs a flag of its "
+            "own: medmnist checks every split's length against medmnist.INFO.")
+
+
+def _validate(path: Path, flag: str, size: int = 28) -> None:
+    """Raise :class:`CorruptDataError` unless ``path`` is a readable MedMNIST npz for ``flag``
+    at ``size``: all six arrays, uint8 images (N, size, size[, 3]), integer labels of the
+    task's shape and range, and the split sizes of ``medmnist.INFO`` (decompresses every array)."""
+    meta = INFO[flag]
+    channels, n_labels = meta["n_channels"], len(meta["label"])
+    multi = meta["task"].startswith("multi-label")
+    image_shape = (size, size) if channels == 1 else (size, size, 3)
     try:
         with np.load(path) as npz:
             for split in SPLITS:
+                missing = [k for k in (f"{split}_images", f"{split}_labels") if k not in npz.files]
+                if missing:
+                    raise ValueError(f"it has no array {missing[0]!r} "
+                                     f"(arrays: {', '.join(npz.files) or 'none'})")
                 images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
-                if images.dtype != np.uint8 or len(images) != len(labels):
-                    raise ValueError(f"{split} arrays have dtype {images.dtype} / lengths "
-                                     f"{len(images)} vs {len(labels)}")
-                if expected and len(images) != expected[split]:
-                    raise ValueError(f"{split} has {len(images)} samples, expected {expected[split]}")
+                want = meta["n_samples"][split]
+                if len(images) != want or len(labels) != want:
+                    raise ValueError(f"its {split} split has {len(images)} images and {len(labels)} "
+                                     f"labels, but medmnist.INFO[{flag!r}] expects {want}")
+                if images.dtype != np.uint8 or images.shape[1:] != image_shape:
+                    raise ValueError(f"its {split} images are {images.dtype} {images.shape[1:]}, "
+                                     f"expected uint8 {image_shape} for {flag} at size {size}")
+                label_shape = (n_labels,) if multi else (1,)
+                if labels.dtype.kind not in "ui" or labels.shape[1:] != label_shape:
+                    raise ValueError(f"its {split} labels are {labels.dtype} {labels.shape[1:]}, "
+                                     f"expected integer class labels of shape {label_shape}")
+                top = 1 if multi else n_labels - 1
+                if len(labels) and (labels.min() < 0 or labels.max() > top):
+                    raise ValueError(f"its {split} labels run from {labels.min()} to "
+                                     f"{labels.max()}, expected 0 to {top}")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        raise CorruptDataError(f"{path} is not a valid MedMNIST file ({err}). {hint}") from err
+        raise CorruptDataError(f"{path} is not a valid MedMNIST file for {flag!r} at size "
+                               f"{size}: {err}. {_refetch_hint(path, flag, size)}") from err
 
 
-def _download(flag: str, size: int, root: Path) -> Path:
-    """Fetch the real npz with medmnist's own code into a temp dir, validate, then move in place."""
-    target = root / f"{flag}{_suffix(size)}.npz"
-    timeout = float(os.environ.get("DLMI_DOWNLOAD_TIMEOUT", "20"))
-    old_timeout = socket.getdefaulttimeout()
-    with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
-        socket.setdefaulttimeout(timeout)
-        try:
-            getattr(medmnist, INFO[flag]["python_class"])(split="train", root=tmp, size=size, download=True)
-        except Exception as err:  # medmnist wraps every network failure in a bare Exception
-            reason = next((line.strip() for line in str(err).splitlines() if line.strip()), repr(err))
-            raise DataUnavailableError(
-                f"Could not download MedMNIST {flag!r} at size {size} ({reason}). Put {target.name} "
-                f"into {root} by hand, or use mode='synthetic' (or DLMI_DATA=synthetic) for the stand-in."
-            ) from err
-        finally:
-            socket.setdefaulttimeout(old_timeout)
-        fetched = Path(tmp) / target.name
-        _validate(fetched, INFO[flag], INFO[flag]["n_samples"])
-        shutil.move(fetched, target)
-    return target
+# A file is validated once: its (size, mtime) is remembered in this process and in a stamp
+# beside the data (``<root>/.verified/<name>.json``), so later loads, and other kernels, skip
+# the decompression. A file that changes on disk (new size or mtime) is validated again.
+CHECKS_VERSION = 2  # bump when _validate checks more: older stamps are then ignored
+_verified: dict[str, tuple[int, int, int]] = {}
+validations = 0  # full validations done in this process (for tests and measurements)
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.parent / ".verified" / f"{path.name}.json"
+
+
+def _stamp_matches(path: Path) -> dict[str, Any] | None:
+    """The stamp of ``path`` if it was written for this very file (size, mtime, checks)."""
+    try:
+        stamp = json.loads(_stamp_path(path).read_text())
+        st = path.stat()
+    except (OSError, ValueError):
+        return None
+    same = (stamp.get("checks") == CHECKS_VERSION and stamp.get("size") == st.st_size
+            and stamp.get("mtime_ns") == st.st_mtime_ns)
+    return stamp if same else None
+
+
+def mark_verified(path: Path, md5: str | None = None) -> None:
+    """Remember that ``path`` passed :func:`_validate` (and, with ``md5``, its checksum)."""
+    st = path.stat()
+    _verified[str(path)] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    stamp = {"checks": CHECKS_VERSION, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": md5}
+    try:  # best effort: a read-only data root only loses the memory across processes
+        folder = _stamp_path(path).parent
+        folder.mkdir(exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as tmp:
+            json.dump(stamp, tmp)
+        os.replace(tmp.name, _stamp_path(path))
+    except OSError:
+        pass
+
+
+def ensure_valid(path: Path, flag: str, size: int = 28) -> None:
+    """:func:`_validate` ``path`` unless this very file (size, mtime) was validated before."""
+    global validations
+    st = path.stat()
+    if _verified.get(str(path)) == (st.st_size, st.st_mtime_ns, st.st_ino):
+        return
+    if _stamp_matches(path):
+        _verified[str(path)] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        return
+    validations += 1
+    _validate(path, flag, size)
+    mark_verified(path)
 
 
 def _register_standin(flag: str, fraction: float, size: int) -> str:
@@ -156,9 +216,11 @@ def resolve(flag: str, size: int = 28, root: str | os.PathLike | None = None,
         try:
             if not real.exists() and mode == "auto" and (flag, size) in _noticed:
                 raise DataUnavailableError("download already failed in this process")
-            if not real.exists():
-                real = _download(flag, size, folder)
-            _validate(real, INFO[flag])
+            if not real.exists():  # auto: one attempt (offline falls back fast); real: retries
+                from .fetch import fetch
+                tries = 1 if mode == "auto" else int(os.environ.get("DLMI_FETCH_RETRIES") or 3)
+                real = fetch(flag, size, folder, retries=tries, quiet=True)
+            ensure_valid(real, flag, size)
             return "real", flag, real
         except DataUnavailableError as err:
             if mode == "real":
@@ -199,18 +261,29 @@ def load_medmnist(flag: str, split: str, size: int = 28, root: str | os.PathLike
 
 def load_medmnist_tensors(flag: str, split: str, size: int = 28, root: str | os.PathLike | None = None,
                           mode: Mode | None = None, device: torch.device | str | None = None,
-                          fraction: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                          fraction: float | None = None, *,
+                          dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole split as tensors ``(x, y)`` for GPU-resident training.
 
-    ``x`` is float32 (N, C, H, W) in [0, 1]; ``y`` is int64 (N,) for single-label tasks and
-    float32 (N, L) for multi-label ones.
+    ``x`` is float32 (N, C, H, W) in [0, 1]; with ``dtype=torch.uint8`` it keeps the file's
+    bytes (a quarter of the memory: pick a subset first, then :func:`to_float`). ``y`` is int64
+    (N,) for single-label tasks and float32 (N, L) for multi-label ones.
     """
+    if dtype not in (torch.float32, torch.uint8):
+        raise ValueError(f"dtype must be torch.float32 or torch.uint8, got {dtype}")
     ds = load_medmnist(flag, split, size, root, mode, fraction=fraction)
-    x = torch.from_numpy(ds.imgs).float().div_(255)
+    x = torch.from_numpy(ds.imgs)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    x = x.contiguous() if dtype == torch.uint8 else to_float(x)
     labels = torch.from_numpy(ds.labels)
     y = labels.float() if ds.info["task"].startswith("multi-label") else labels.view(-1).long()
-    return x.contiguous().to(device or "cpu"), y.to(device or "cpu")
+    return x.to(device or "cpu"), y.to(device or "cpu")
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, C, H, W) → float32 in [0, 1], contiguous (one copy)."""
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    return out.copy_(x).div_(255)
 
 
 def info(flag: str) -> dict[str, Any]:
