@@ -14,7 +14,7 @@ BOOK_SRC := $(shell find $(BOOK_DIR) -maxdepth 1 -type f \( -name '*.md' -o -nam
             $(shell find src/dlmi -name '*.py')
 LAB_SRC := $(shell find solutions autograder -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
-.PHONY: all venv book labs check test bench bench-recipes clean
+.PHONY: all venv data book labs check test bench bench-recipes clean
 all: venv book labs
 
 venv: $(VENV)/.installed
@@ -23,6 +23,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e .
 	touch $@
+
+# MedMNIST files the book and labs load, downloaded with retries and MD5-checked into
+# $DLMI_DATA_DIR (default ~/.medmnist); files already there are verified, not fetched again.
+data: venv
+	$(BIN)/dlmi-data fetch --book --labs
 
 # Strict: any cell error or Sphinx warning fails the build; --all re-reads unchanged pages.
 book: $(BOOK_DIR)/_build/html/index.html
