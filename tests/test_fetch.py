@@ -193,3 +193,18 @@ def test_book_and_lab_flag_lists_cover_what_they_load():
     assert book and labs
     assert book <= set(fetch.BOOK_FLAGS), f"book loads {sorted(book - set(fetch.BOOK_FLAGS))}"
     assert labs <= set(fetch.LAB_FLAGS), f"labs load {sorted(labs - set(fetch.LAB_FLAGS))}"
+
+
+def test_publish_fetches_in_its_own_step_before_the_book_build():
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    wf = yaml.safe_load((repo / ".github/workflows/publish.yml").read_text())
+    runs = [str(step.get("run", "")) for job in wf["jobs"].values() for step in job.get("steps", [])]
+    fetch_at = [i for i, r in enumerate(runs) if re.search(r"\bmake\b.*\bdata\b|dlmi-data fetch", r)]
+    book_at = [i for i, r in enumerate(runs) if re.search(r"\bmake\b.*\bbook\b|jupyter-book build", r)]
+    assert fetch_at and book_at, "publish must fetch MedMNIST (make data) and build the book"
+    assert max(fetch_at) < min(book_at) and not set(fetch_at) & set(book_at), \
+        "the fetch must be its own step, before the book build"
+    makefile = (repo / "Makefile").read_text()
+    assert re.search(r"^data:.*\n\t.*dlmi-data fetch --book --labs", makefile, re.M)
