@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -56,10 +56,18 @@ def cmd_grade(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dlmi-intake-") as tmp:
         ids = grade.notebook.lab_ids(lab.source)
-        subs = intake.shard(intake.collect(Path(args.submissions), lab.name, ids, Path(tmp)), args.shard)
+        blank = intake.blank_answers(dict(course.blank_notebook(lab)))
+        subs = intake.shard(intake.collect(Path(args.submissions), lab.name, ids, Path(tmp), blank, log=_say),
+                            args.shard)
         if not subs:
             print(f"no submissions to grade in {args.submissions}" + (f" (shard {args.shard})" if args.shard else ""))
             return 0
+        for sub in subs:
+            if sub.choice:
+                _say(f"{sub.student}: {sub.choice}" + (f" — REVIEW: {sub.review}" if sub.review else ""))
+        for old in grade.drop_renamed(base, lab.name, {s.origin: s.student for s in subs}):
+            _say(f"removed the result {old} (the same hand-in, now graded under its new id)")
+        by_id = {s.student: s for s in subs}
         jobs = [grade.Job(lab.name, s.student, s.origin, str(s.notebook) if s.notebook else None, s.problem)
                 for s in subs]
         with grade.Pool(options, root, [lab], len(jobs)) as pool:
@@ -68,6 +76,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
             pack = grade.pack_lab(lab)
 
             def on_result(res: dict) -> None:
+                _annotate(res, by_id.get(res["student"]))
                 grade.save_result(res, base)
                 grade.print_progress(res)
 
@@ -85,13 +94,31 @@ def cmd_grade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _annotate(res: dict, sub: intake.Submission | None) -> None:
+    """Record in a result what intake decided: which notebook of several, what it left out, and
+    why an instructor should look (``review``)."""
+    if sub is None:
+        return
+    res["intake"] = {"origin": sub.origin, "choice": sub.choice, "candidates": sub.candidates, "notes": sub.notes}
+    res["notes"] = [*sub.notes, *([sub.choice] if sub.choice else []), *res.get("notes", [])]
+    if sub.review:
+        res["review"] = f"{res['review']}; {sub.review}" if isinstance(res.get("review"), str) else sub.review
+
+
 def cmd_feedback(args: argparse.Namespace) -> int:
     root = _root(args)
-    pages = feedback.generate(root, args.lab, args.student or None)
+    errors: list[str] = []
+    pages = feedback.generate(root, args.lab, args.student or None, errors)
     for page in pages:
         print(page.relative_to(root))
     print(f"{len(pages)} feedback page(s) under feedback/")
-    return 0
+    for error in errors:
+        _say(f"no feedback page: {error}")
+    return 1 if errors else 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -101,24 +128,43 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    """Gather the results of shards (each a --results folder) into results/ and one CSV."""
+    """Make results/<lab>/ exactly the union of the shards given (each a --results folder), then one
+    CSV. Results already there that no shard holds (a student removed from the class, an older run)
+    are moved apart to results/removed/<time>/, their gradebook entries and feedback pages removed."""
     root = _root(args)
     base = root / "results"
     merged: list[dict] = []
     owner: dict[str, str] = {}
     for shard_dir in map(Path, args.shards):
-        for path in sorted((shard_dir / args.lab).glob("*.json")):
-            res = json.loads(path.read_text())
-            if res["student"] in owner:
-                raise SystemExit(f"{res['student']} was graded in both {owner[res['student']]} and {shard_dir}")
-            owner[res["student"]] = str(shard_dir)
-            graded_nb = shard_dir / "autograded" / res["student"] / args.lab
-            if graded_nb.is_dir():
-                shutil.copytree(graded_nb, base / "autograded" / res["student"] / args.lab, dirs_exist_ok=True)
-            course.write_json(base / args.lab / path.name, res)
+        if not (shard_dir / args.lab).is_dir():
+            _say(f"WARNING: {shard_dir} holds no results of {args.lab}")
+        for res in grade.load_results(shard_dir, args.lab):
+            student = res["student"]
+            if not re.fullmatch(r"[A-Za-z0-9_@~-][A-Za-z0-9_.@~-]*", student):
+                _say(f"WARNING: a result in {shard_dir} has an unusable student id {student!r}; left out")
+                continue
+            if student in owner:
+                raise SystemExit(f"{student} was graded in both {owner[student]} and {shard_dir}")
+            owner[student] = str(shard_dir)
             merged.append(res)
     if not merged:
         raise SystemExit(f"no results of {args.lab} in {', '.join(args.shards)}")
+    stale = sorted({r["student"] for r in grade.load_results(base, args.lab)} - set(owner))
+    if stale:
+        apart = base / "removed" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for student in stale:
+            grade.remove_result(base, args.lab, student, keep_apart=apart)
+        feedback.forget(root, args.lab, stale)
+        _say(f"{len(stale)} result(s) no shard holds moved to {apart.relative_to(root)}: {', '.join(stale)}")
+    for res in merged:
+        student, shard_dir = res["student"], Path(owner[res["student"]])
+        graded_nb = shard_dir / "autograded" / student / args.lab
+        target = base / "autograded" / student / args.lab
+        if target.exists():
+            shutil.rmtree(target)
+        if graded_nb.is_dir():
+            shutil.copytree(graded_nb, target)
+        course.write_json(base / args.lab / f"{student}.json", res)
     feedback.record(root, merged)
     csv_path = grade.write_csv(base, args.lab, feedback.manual_scores(root, args.lab))
     print(f"merged {len(merged)} result(s) from {len(args.shards)} shard(s) → {csv_path.relative_to(root)}")

@@ -64,6 +64,9 @@ def nbgrader_config(root: Path) -> Config:
                                         "nbgrader.preprocessors.GetGrades",
                                         "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor"]
     c.Exchange.root = str(root / "results" / "exchange")
+    # formgrader and feedback render student HTML (outputs); sanitize it (markdown cells are
+    # cleaned in the graded notebooks themselves, see autograder.safehtml)
+    c.HTMLExporter.sanitize_html = True
     return c
 
 

@@ -7,6 +7,8 @@
   runs first: hidden-test source is replaced by a placeholder; their outputs are only the
   judge's pass/fail line and hint (no traceback ever reached the notebook).
 * A failed or timed-out submission gets a short page with its status and reason instead.
+* Every page is made inert before it is left on disk (:func:`autograder.safehtml.sanitize_page`):
+  a hand-in's HTML, scripts and links cannot run in the browser of whoever opens it.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from nbconvert.exporters.exporter import ResourcesDict
 from nbformat import NotebookNode
 from nbgrader.preprocessors import NbGraderPreprocessor
 
-from . import course, notebook
+from . import course, notebook, safehtml
 
 
 class HideHiddenTests(NbGraderPreprocessor):
@@ -59,6 +61,25 @@ def record(root: Path, results: list[dict[str, Any]]) -> None:
             gb.db.commit()
 
 
+def forget(root: Path, lab: str, students: list[str]) -> None:
+    """Remove ``students``' submissions of ``lab`` from the gradebook and their feedback pages
+    (their results were taken out of the class)."""
+    import shutil
+
+    from nbgrader.api import Gradebook, MissingEntry
+
+    for student in students:
+        shutil.rmtree(root / "feedback" / student / lab, ignore_errors=True)
+    if not (root / "gradebook.db").exists():
+        return
+    with Gradebook(_db_url(root)) as gb:
+        for student in students:
+            try:
+                gb.remove_submission(lab, student)
+            except MissingEntry:
+                pass
+
+
 def manual_scores(root: Path, lab: str) -> dict[str, float | None]:
     """Hand-graded points per student (None until every written answer is graded)."""
     from nbgrader.api import Gradebook, MissingEntry
@@ -88,8 +109,10 @@ def _failure_page(res: dict[str, Any]) -> str:
             + (f"<ul>{notes}</ul>" if notes else "") + "</body></html>\n")
 
 
-def generate(root: Path, lab: str, students: list[str] | None = None) -> list[Path]:
-    """Feedback HTML for the graded results of ``lab`` under ``<root>/results``; returns the pages."""
+def generate(root: Path, lab: str, students: list[str] | None = None,
+             errors: list[str] | None = None) -> list[Path]:
+    """Feedback HTML for the graded results of ``lab`` under ``<root>/results``; returns the pages.
+    With ``errors``, a student whose page cannot be made is listed there and the others go on."""
     from nbgrader.apps import NbGraderAPI
     from nbgrader.coursedir import CourseDirectory
 
@@ -102,13 +125,21 @@ def generate(root: Path, lab: str, students: list[str] | None = None) -> list[Pa
         if students and res["student"] not in students:
             continue
         page = root / "feedback" / res["student"] / lab / f"{lab}.html"
-        if res["status"] == "graded":
-            record(root, [res])
-            out = api.generate_feedback(lab, res["student"], force=True)
-            if not out["success"]:
-                raise RuntimeError(f"nbgrader generate_feedback failed for {res['student']}:\n{out.get('error')}")
-        else:
-            page.parent.mkdir(parents=True, exist_ok=True)
-            page.write_text(_failure_page(res))
+        try:
+            if res["status"] == "graded":
+                record(root, [res])
+                out = api.generate_feedback(lab, res["student"], force=True)
+                if not out["success"]:
+                    raise RuntimeError(f"nbgrader generate_feedback failed:\n{out.get('error')}")
+                page.write_text(safehtml.sanitize_page(page.read_text(encoding="utf-8")), encoding="utf-8")
+            else:
+                page.parent.mkdir(parents=True, exist_ok=True)
+                page.write_text(safehtml.sanitize_page(_failure_page(res)), encoding="utf-8")
+        except Exception as err:  # noqa: BLE001 — one student's page never stops the others'
+            page.unlink(missing_ok=True)  # never leave an unsanitized page behind
+            if errors is None:
+                raise
+            errors.append(f"{res['student']}: {type(err).__name__}: {err}"[:2000])
+            continue
         pages.append(page)
     return pages

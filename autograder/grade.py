@@ -33,7 +33,8 @@ from .kernel import KernelSession, Limits, SubmissionFailure, claim_uid, gpu_dev
 from .sandbox import PRELOAD, Zygote, ZygoteClient, die_with_parent
 
 CSV_FIELDS = ["student", "status", "score", "max_score", "manual_score", "manual_max", "runtime_s", "device",
-              "origin", "notebook"]
+              "origin", "notebook", "review"]
+_NUMERIC = {"score", "max_score", "manual_score", "manual_max", "runtime_s"}
 
 
 @dataclass
@@ -295,6 +296,8 @@ class Pool:
 
     def __init__(self, options: Options, root: Path, labs: list[course.Lab], jobs: int) -> None:
         ctx = mp.get_context("spawn")
+        self.options = options
+        self._executable = _die_with_grader_launcher()  # before the first child: the resource tracker too
         slots = ctx.Queue()
         self.workers = max(1, min(options.workers, jobs))
         for i in range(self.workers):
@@ -313,27 +316,78 @@ class Pool:
 
     def run(self, jobs: list[Job], packs: dict[str, LabPack],
             on_result: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
-        """Grade ``jobs``; ``on_result`` sees each result as it lands."""
-        self.zygote.wait_ready()
+        """Grade ``jobs``; ``on_result`` sees each result as it lands. A hand-in intake refused needs no
+        worker: its result is made here. A job whose worker fails is that hand-in's failure, never the run's."""
         results = []
-        futures = {self.executor.submit(grade_job, job, packs[job.lab]): job for job in jobs}
+
+        def land(res: dict[str, Any]) -> None:
+            try:
+                on_result(res)
+            except Exception as err:  # noqa: BLE001 — saving one result must not lose the others
+                print(f"could not record the result of {res.get('student')}: {type(err).__name__}: {err}",
+                      file=sys.stderr, flush=True)
+            results.append(res)
+
+        for job in jobs:
+            if job.problem or not job.notebook:
+                land(failed_result(job, packs[job.lab], f"failed: {job.problem or 'no notebook'}", self.options))
+        todo = [job for job in jobs if job.notebook and not job.problem]
+        if not todo:
+            return results
+        self.zygote.wait_ready()
+        futures = {self.executor.submit(grade_job, job, packs[job.lab]): job for job in todo}
         for future in as_completed(futures):
             job = futures[future]
             try:
                 res = future.result()
             except Exception as err:  # a grader bug or a dead worker: say so, never a score
-                res = {"student": job.student, "lab": job.lab, "origin": job.origin, "score": None, "tests": [],
-                       "status": f"failed: grader error ({type(err).__name__}: {err})", "runtime_s": None}
-            on_result(res)
-            results.append(res)
+                res = failed_result(job, packs[job.lab], f"failed: grader error ({type(err).__name__}) while "
+                                    f"grading {notebook.display_name(job.origin)}", self.options)
+            land(res)
         return results
 
     def __enter__(self) -> "Pool":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.executor.shutdown(cancel_futures=True)
-        self.zygote.close()
+        try:
+            self.executor.shutdown(cancel_futures=True)
+            self.zygote.close()
+        finally:
+            if self._executable:
+                mp.get_context("spawn").set_executable(sys.executable)
+
+
+def _die_with_grader_launcher() -> str | None:
+    """Make every process the pool spawns (workers and multiprocessing's resource tracker) die with
+    the grader from its first instruction: a tiny launcher sets the parent-death signal (SIGKILL),
+    checks that the grader is still its parent, then becomes this Python. Without it a grader killed
+    while workers import (seconds) would leave them running. Linux only (elsewhere: None)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import shlex
+    path = Path(_scratch_base()) / "python-dies-with-grader"
+    code = ("import ctypes, os, sys\n"
+            "ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)\n"  # PR_SET_PDEATHSIG, SIGKILL
+            f"os.getppid() == {os.getpid()} or os._exit(137)\n"
+            "os.execv(sys.argv[1], sys.argv[1:])\n")
+    path.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -I -S -c {shlex.quote(code)} "
+                    f"{shlex.quote(sys.executable)} \"$@\"\n")
+    path.chmod(0o700)
+    mp.get_context("spawn").set_executable(str(path))
+    return str(path)
+
+
+def failed_result(job: Job, pack: LabPack, status: str, options: Options | None = None) -> dict[str, Any]:
+    """The result of a hand-in that could not be graded: the status, an empty score, the lab's maxima."""
+    source = nbformat.from_dict(pack.source)
+    return {"student": job.student, "lab": job.lab, "origin": job.origin, "score": None, "tests": [], "notes": [],
+            "status": status, "runtime_s": 0.0, "device": options.device if options else "",
+            "isolation": options.level if options else "",
+            "max_score": sum(float(notebook.nbgrader_meta(c).get("points", 0)) for c in source.cells
+                             if notebook.is_test(c)),
+            "manual_max": sum(float(notebook.nbgrader_meta(c).get("points", 0)) for c in source.cells
+                              if notebook.is_manual(c))}
 
 
 def results_dir(root: Path, options: Options) -> Path:
@@ -341,44 +395,118 @@ def results_dir(root: Path, options: Options) -> Path:
 
 
 def save_result(res: dict[str, Any], base: Path) -> None:
-    """``<base>/<lab>/<student>.json`` and the graded notebook under ``<base>/autograded/``."""
+    """``<base>/<lab>/<student>.json`` and the graded notebook under ``<base>/autograded/`` — the
+    latter cleaned of anything that could run in a browser (formgrader and feedback render it)."""
+    import json
+
+    from .safehtml import sanitize_notebook
     text = res.pop("_notebook", None)
     if text is not None:
         path = base / "autograded" / res["student"] / res["lab"] / f"{res['lab']}.ipynb"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        graded = json.loads(text)
+        cleaned = sanitize_notebook(graded)
+        if cleaned:
+            res["html_removed"] = cleaned
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(graded, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
         res["autograded"] = str(path.relative_to(base))
     course.write_json(base / res["lab"] / f"{res['student']}.json", res)
 
 
+def remove_result(base: Path, lab: str, student: str, keep_apart: Path | None = None) -> None:
+    """Take ``student``'s result of ``lab`` out of ``base`` (moved under ``keep_apart`` if given)."""
+    for src in (base / lab / f"{student}.json", base / "autograded" / student / lab):
+        if not src.exists():
+            continue
+        if keep_apart is not None:
+            dest = keep_apart / src.relative_to(base)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(src), str(dest))
+        elif src.is_dir():
+            shutil.rmtree(src)
+        else:
+            src.unlink()
+    folder = base / "autograded" / student
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+def drop_renamed(base: Path, lab: str, ids_by_origin: dict[str, str]) -> list[str]:
+    """Before re-grading: remove results this run's hand-ins left under another id (an id given by an
+    older grader to the same hand-in). Returns the ids removed."""
+    removed = []
+    for res in load_results(base, lab):
+        origin, student = res.get("origin"), res.get("student")
+        if origin in ids_by_origin and student != ids_by_origin[origin] and isinstance(student, str):
+            remove_result(base, lab, student)
+            removed.append(student)
+    return removed
+
+
 def load_results(base: Path, lab: str) -> list[dict[str, Any]]:
+    """Every result of ``lab`` under ``base`` (a file that cannot be read is reported and left out)."""
     import json
     folder = base / lab
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            res = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(res, dict) or not isinstance(res.get("student"), str) or "status" not in res:
+                raise ValueError("not a result")
+        except (OSError, ValueError) as err:
+            print(f"WARNING: {path.name} in {folder} is not a readable result ({type(err).__name__}); left out",
+                  file=sys.stderr)
+            continue
+        out.append(res)
+    return out
+
+
+def csv_cell(value: Any) -> str:
+    """A CSV cell a spreadsheet shows as text: one starting with ``= + - @``, a tab or a carriage
+    return gets a leading ``'`` (OWASP's rule against formula injection)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool) or value is None or value == "":
+        return ""
+    if isinstance(value, (int, float)):
+        return f"{value:g}"
+    return csv_cell(value)
 
 
 def write_csv(base: Path, lab: str, manual: dict[str, float | None] | None = None) -> Path:
-    """``<base>/<lab>/grades.csv`` for the class: a failure has an empty score and its status."""
+    """``<base>/<lab>/grades.csv`` for the class: a failure has an empty score and its status. Every
+    text cell is neutralised (:func:`csv_cell`); numbers stay numbers; ``max_score`` is always filled."""
     path = base / lab / "grades.csv"
     rows = load_results(base, lab)
-    with open(path, "w", newline="") as fh:
+    maxima = [r.get("max_score") for r in rows if isinstance(r.get("max_score"), (int, float))]
+    manual_maxima = [r.get("manual_max") for r in rows if isinstance(r.get("manual_max"), (int, float))]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8", errors="replace") as fh:
         writer = csv.DictWriter(fh, CSV_FIELDS)
         writer.writeheader()
         for r in rows:
-            writer.writerow({"student": r["student"], "status": r["status"],
-                             "score": "" if r.get("score") is None else f"{r['score']:g}",
-                             "max_score": f"{r.get('max_score', 0):g}",
-                             "manual_score": "" if not manual or manual.get(r["student"]) is None
-                             else f"{manual[r['student']]:g}",
-                             "manual_max": f"{r.get('manual_max', 0):g}",
-                             "runtime_s": r.get("runtime_s") or "", "device": r.get("device", ""),
-                             "origin": r.get("origin", ""), "notebook": r.get("notebook", "")})
+            row = {"student": r["student"], "status": r["status"], "score": r.get("score"),
+                   "max_score": r.get("max_score", max(maxima, default=None)),
+                   "manual_score": manual.get(r["student"]) if manual else None,
+                   "manual_max": r.get("manual_max", max(manual_maxima, default=None)),
+                   "runtime_s": r.get("runtime_s"), "device": r.get("device", ""),
+                   "origin": r.get("origin", ""), "notebook": r.get("notebook", ""),
+                   "review": "; ".join(r["review"]) if isinstance(r.get("review"), list) else r.get("review")}
+            writer.writerow({k: _number(v) if k in _NUMERIC else csv_cell(v) for k, v in row.items()})
+    os.replace(tmp, path)
     return path
 
 
 def progress_line(res: dict[str, Any]) -> str:
     score = "" if res.get("score") is None else f"{res['score']:g}/{res.get('max_score', 0):g}  "
-    return f"{res['lab']}  {res['student']:<24} {score}{res['status']}  ({res.get('runtime_s')} s)"
+    review = f"  REVIEW: {res['review']}" if res.get("review") else ""
+    return f"{res['lab']}  {res['student']:<24} {score}{res['status']}  ({res.get('runtime_s')} s){review}"
 
 
 def print_progress(res: dict[str, Any]) -> None:

@@ -19,6 +19,8 @@ from nbformat import NotebookNode
 from .kernel import SubmissionFailure
 
 MAX_NOTEBOOK_BYTES = 64 << 20
+MAX_DEPTH = 64           # nesting of lists and objects a notebook may have
+MAX_INT_DIGITS = 64      # digits of an integer in a notebook
 HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 
 
@@ -52,30 +54,127 @@ def has_hidden(cell: NotebookNode) -> bool:
     return HIDDEN_BEGIN in cell.source
 
 
+def display_name(name: str, limit: int = 120) -> str:
+    """``name`` as it may be printed: undecodable bytes as U+FFFD, control characters as ``?``."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    text = "".join("?" if ord(ch) < 32 or 0x7F <= ord(ch) < 0xA0 else ch for ch in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _TooLong(ValueError):
+    pass
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _TooLong(text)
+    return int(text)
+
+
+def _depth(value: object) -> int:
+    """How deeply ``value`` nests lists and objects (iterative: no recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if deepest > MAX_DEPTH:
+                return deepest
+            stack.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _shape_problem(data: dict) -> str | None:
+    """What is wrong with the notebook's structure, in a student's words (None: nothing found)."""
+    if not isinstance(data.get("metadata", {}), dict):
+        return "the notebook's metadata is not an object"
+    cells = data.get("cells")
+    if not isinstance(cells, list):
+        return "the notebook's cells are not a list"
+    for number, cell in enumerate(cells, 1):
+        where = f"cell {number}"
+        if not isinstance(cell, dict):
+            return f"the notebook has a cell that is not an object ({where})"
+        if cell.get("cell_type") not in ("code", "markdown", "raw"):
+            return f"the notebook has a cell of unknown type ({where})"
+        source = cell.get("source")
+        if not (isinstance(source, str) or isinstance(source, list) and all(isinstance(x, str) for x in source)):
+            return f"the notebook has a cell whose source is not text ({where})"
+        if "id" in cell and not isinstance(cell["id"], str):
+            return f"the notebook has a cell whose id is not text ({where})"
+        meta = cell.get("metadata", {})
+        if not isinstance(meta, dict):
+            return f"the notebook has a cell whose metadata is not an object ({where})"
+        if not isinstance(meta.get("nbgrader", {}), dict):
+            return f"the notebook has a cell whose nbgrader metadata is not an object ({where})"
+        if not isinstance(cell.get("attachments", {}), dict):
+            return f"the notebook has a cell whose attachments are not an object ({where})"
+        outputs = cell.get("outputs", [])
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+            return f"the notebook has a cell whose outputs are not a list of objects ({where})"
+        count = cell.get("execution_count")
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
+            return f"the notebook has a cell whose execution count is not a number ({where})"
+    return None
+
+
 def read_notebook(path: Path) -> NotebookNode:
-    """Parse a submitted file as an nbformat-4 notebook, or raise ``failed`` with the reason."""
-    name = path.name
+    """Parse a submitted file as an nbformat-4 notebook, or raise ``failed`` with the reason.
+
+    Every problem is said in a student's words and names the file, never a grader path: the size
+    is checked before reading, then JSON (numbers of at most ``MAX_INT_DIGITS`` digits, nesting of
+    at most ``MAX_DEPTH`` levels), then the notebook's shape.
+    """
+    name = display_name(path.name)
     try:
-        raw = path.read_bytes()
+        return _read_notebook(path, name)
+    except SubmissionFailure:
+        raise
+    except RecursionError:
+        raise SubmissionFailure("failed", f"{name} is not a notebook we can read: it is nested too deeply") from None
+    except MemoryError:
+        raise SubmissionFailure("failed", f"{name} is too large to read") from None
+    except Exception as err:  # noqa: BLE001 — whatever a hostile file does, it is this hand-in's failure
+        raise SubmissionFailure("failed", f"{name} is a malformed notebook ({type(err).__name__})") from None
+
+
+def _read_notebook(path: Path, name: str) -> NotebookNode:
+    try:
+        size = path.stat().st_size
+        if size > MAX_NOTEBOOK_BYTES:
+            raise SubmissionFailure("failed", f"{name} is larger than {MAX_NOTEBOOK_BYTES >> 20} MB")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_NOTEBOOK_BYTES + 1)
     except OSError as err:
-        raise SubmissionFailure("failed", f"cannot read {name}: {err.strerror}") from None
+        raise SubmissionFailure("failed", f"cannot read {name}: {err.strerror or type(err).__name__}") from None
+    if len(raw) > MAX_NOTEBOOK_BYTES:  # it grew while being read
+        raise SubmissionFailure("failed", f"{name} is larger than {MAX_NOTEBOOK_BYTES >> 20} MB")
     if not raw.strip():
         raise SubmissionFailure("failed", f"{name} is empty")
-    if len(raw) > MAX_NOTEBOOK_BYTES:
-        raise SubmissionFailure("failed", f"{name} is larger than {MAX_NOTEBOOK_BYTES >> 20} MB")
     try:
-        data = json.loads(raw.decode("utf-8-sig"))
+        data = json.loads(raw.decode("utf-8-sig"), parse_int=_parse_int)
     except UnicodeDecodeError:
         raise SubmissionFailure("failed", f"{name} is not a notebook (not UTF-8 text)") from None
     except json.JSONDecodeError as err:
         raise SubmissionFailure("failed", f"{name} is not a notebook: invalid JSON ({err.msg} at line {err.lineno}, "
                                 f"column {err.colno})") from None
+    except _TooLong:
+        raise SubmissionFailure("failed", f"{name} is not a notebook we can read: it holds a number longer than "
+                                f"{MAX_INT_DIGITS} digits") from None
+    except RecursionError:
+        raise SubmissionFailure("failed", f"{name} is not a notebook we can read: it is nested too deeply") from None
     if not isinstance(data, dict) or not ("cells" in data or "worksheets" in data):
         raise SubmissionFailure("failed", f"{name} is JSON but not a Jupyter notebook (no cells)")
+    if _depth(data) > MAX_DEPTH:
+        raise SubmissionFailure("failed", f"{name} is not a notebook we can read: it is nested too deeply "
+                                f"(more than {MAX_DEPTH} levels)")
     major = data.get("nbformat")
     if major != 4:
-        raise SubmissionFailure("failed", f"{name} is an nbformat {major} notebook; open it in Jupyter (4 or later), "
-                                "save it and hand it in again")
+        raise SubmissionFailure("failed", f"{name} is an nbformat {display_name(repr(major), 40)} notebook; open it in "
+                                "Jupyter (4 or later), save it and hand it in again")
+    shape = _shape_problem(data)
+    if shape:
+        raise SubmissionFailure("failed", f"{name} is a malformed notebook: {shape}")
     try:
         nb = nbformat.reads(json.dumps(data), as_version=4)
     except Exception as err:  # nbformat raises many kinds of errors for malformed content

@@ -184,8 +184,9 @@ def test_intake_finds_notebooks_in_files_folders_zips_and_repositories(tmp_path:
     (subs / f"{LAB}-dee" / "sub" / f"{LAB}.ipynb").write_text(text)
     (subs / "eve.zip").write_bytes(b"not a zip")
     (subs / "fay").mkdir()
-    found = {s.student: s for s in intake.collect(subs, LAB, notebook.lab_ids(lab.source), scratch)}
+    found = {s.student.split("~")[0]: s for s in intake.collect(subs, LAB, notebook.lab_ids(lab.source), scratch)}
     assert sorted(found) == ["ann", "bob", "cy", "dee", "eve", "fay"]
+    assert found["ann"].student == "ann" and found["bob"].student == intake.student_id("bob", LAB) != "bob"
     assert found["bob"].notebook.name == f"Copy of {LAB} (2).ipynb"
     assert found["cy"].notebook.name == f"{LAB}.ipynb" and scratch in found["cy"].notebook.parents
     assert not list(tmp_path.rglob("escape.ipynb"))
