@@ -11,10 +11,11 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 BOOK_DIR ?= book
 BOOK_SRC := $(shell find $(BOOK_DIR) -maxdepth 1 -type f \( -name '*.md' -o -name '*.yml' -o -name '*.bib' -o -name '*.png' \)) \
+            $(shell find $(BOOK_DIR)/_ext $(BOOK_DIR)/_assets -maxdepth 1 -type f 2>/dev/null) \
             $(shell find src/dlmi -name '*.py')
 LAB_SRC := $(shell find solutions autograder -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
-.PHONY: all venv data book labs check test bench bench-recipes clean
+.PHONY: all venv assets data book labs check test bench bench-recipes clean
 all: venv book labs
 
 venv: $(VENV)/.installed
@@ -29,9 +30,23 @@ $(VENV)/.installed: pyproject.toml
 data: venv
 	$(BIN)/dlmi-data fetch --book --labs
 
+# Browser assets the site serves itself (no CDN) and the browser-test tools, from the exact
+# versions in package-lock.json; node_modules/ and book/_assets/vendor/ are not committed.
+VENDOR := book/_assets/vendor
+assets: $(VENDOR)/.copied
+$(VENDOR)/.copied: package.json package-lock.json
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --ignore-scripts --no-audit --no-fund
+	rm -rf $(VENDOR) && mkdir -p $(VENDOR)/mathjax/output/chtml/fonts $(VENDOR)/mathjax/input/tex $(VENDOR)/html-manager
+	cp node_modules/mathjax/es5/tex-chtml.js $(VENDOR)/mathjax/
+	cp -r node_modules/mathjax/es5/output/chtml/fonts/woff-v2 $(VENDOR)/mathjax/output/chtml/fonts/
+	cp -r node_modules/mathjax/es5/input/tex/extensions $(VENDOR)/mathjax/input/tex/
+	cp node_modules/requirejs/require.js $(VENDOR)/
+	cp node_modules/@jupyter-widgets/html-manager/dist/embed-amd.js node_modules/@jupyter-widgets/html-manager/dist/*.woff* $(VENDOR)/html-manager/
+	touch $@
+
 # Strict: any cell error or Sphinx warning fails the build; --all re-reads unchanged pages.
 book: $(BOOK_DIR)/_build/html/index.html
-$(BOOK_DIR)/_build/html/index.html: $(VENV)/.installed $(BOOK_SRC)
+$(BOOK_DIR)/_build/html/index.html: $(VENV)/.installed $(VENDOR)/.copied $(BOOK_SRC)
 	$(BIN)/jupyter-book build $(BOOK_DIR) --all -W --keep-going
 	touch $@
 

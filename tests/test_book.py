@@ -39,6 +39,8 @@ def make_book(tmp_path: Path, page: str) -> subprocess.CompletedProcess:
     book.mkdir()
     for name in ("_config.yml", "references.bib"):
         shutil.copy(BOOK / name, book)
+    for name in ("_ext", "_assets"):      # the book's extension and its served assets
+        shutil.copytree(BOOK / name, book / name, ignore=shutil.ignore_patterns("__pycache__"))
     (book / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: page\n")
     (book / "intro.md").write_text("# Intro\n\nA tiny book.\n")
     (book / "page.md").write_text(HEADER + page)

@@ -1,19 +1,33 @@
-"""Figure helpers and interactive explorers (ipywidgets) for the chapters.
+"""Figure helpers and interactive explorers for the chapters.
 
-Each explorer returns an ``ipywidgets.interactive``: its controls and output show when the
-page runs as a notebook; a built page shows the state saved at build time, so every
-explorer in the book has a static figure beside it.
+An explorer has two lives. In a notebook with a kernel it is an ``ipywidgets.interactive``:
+every control redraws the figure. When the book is built (``DLMI_STATIC_EXPLORERS=1``, set by
+the book's Sphinx extension) it is a :class:`StaticExplorer`: the figure is drawn at build time
+for a grid of control values, and a small self-contained script in the page swaps in the frame
+for the values the reader picks, so the published page stays alive without a kernel.
 """
 from __future__ import annotations
 
+import base64
+import contextlib
+import html
+import io
+import itertools
+import json
+import math
+import os
 import time
+import uuid
 from typing import Any, Callable, Sequence
+from unittest import mock
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 import numpy as np
 
 from . import conv, physics
+
+STATIC_ENV = "DLMI_STATIC_EXPLORERS"
 
 
 def show_row(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, cmap: str = "gray",
@@ -52,11 +66,246 @@ def settle(seconds: float = 0.3) -> None:
     time.sleep(seconds)
 
 
-def explorer(show: Callable[..., None], **controls: Any) -> widgets.interactive:
-    """An ``ipywidgets.interactive`` of ``show`` with these controls, drawn once, settled."""
+def static_mode() -> bool:
+    """True while the book is being built: explorers render precomputed frames."""
+    return os.environ.get(STATIC_ENV, "") not in ("", "0")
+
+
+def explorer(show: Callable[..., None], **controls: Any) -> widgets.interactive | StaticExplorer:
+    """An ``ipywidgets.interactive`` of ``show`` with these controls, drawn once, settled.
+
+    While the book is built (:func:`static_mode`) it is a :class:`StaticExplorer` of the same
+    function and controls instead.
+    """
+    if static_mode():
+        return StaticExplorer(show, controls)
     w = widgets.interactive(show, **controls)
     settle()
     return w
+
+
+# --------------------------------------------------------------------------------------------
+# Explorers on a static page: precomputed frames and a small script that swaps them.
+
+FRAME_DPI = 80          # a 8.5-inch figure is 680 px: the book's column, text at its size
+FRAME_QUALITY = 80      # WebP quality of a frame
+MAX_FRAMES = 96         # at most this many frames per explorer
+FRAME_BYTES = 560_000   # ... and about this many bytes of frames (3 explorers fit a 3 MB page)
+FRAME_SECONDS = 75.0    # ... and about this much drawing time at build (a cell may take 180 s)
+SEED_VALUES = 2         # a control named "seed" gets this many values (other draws, same idea)
+
+
+class Control:
+    """One control of a static explorer: its name, label, values and the default's index."""
+
+    def __init__(self, name: str, label: str, kind: str, values: list[Any], index: int,
+                 fixed: bool = False) -> None:
+        self.name, self.label, self.kind = name, label, kind
+        self.values, self.index, self.fixed = values, index, fixed
+        self.grid: list[int] = [index]        # indices into values that get frames
+
+    @property
+    def default(self) -> Any:
+        return self.values[self.index]
+
+
+def _decimals(step: float) -> int:
+    return max(0, -math.floor(math.log10(step) + 1e-9)) if step < 1 else 0
+
+
+def control_of(name: str, w: Any) -> Control:
+    """A :class:`Control` from an ipywidgets control (or a fixed value)."""
+    label = (getattr(w, "description", "") or name).strip()
+    if isinstance(w, (widgets.IntSlider, widgets.FloatSlider)):
+        n = int(round((w.max - w.min) / w.step)) + 1
+        if isinstance(w, widgets.IntSlider):
+            values: list[Any] = [int(w.min + i * w.step) for i in range(n)]
+        else:
+            d = _decimals(w.step)
+            values = [round(w.min + i * w.step, d) for i in range(n)]
+        index = int(np.argmin([abs(v - w.value) for v in values]))
+        return Control(name, label, "range", values, index)
+    if isinstance(w, (widgets.Dropdown, widgets.RadioButtons, widgets.ToggleButtons)):
+        values = list(w._options_values)
+        return Control(name, label, "select", values, values.index(w.value))
+    if isinstance(w, widgets.Checkbox):
+        return Control(name, label, "select", [False, True], int(bool(w.value)))
+    if isinstance(w, widgets.ValueWidget):
+        return Control(name, label, "fixed", [w.value], 0, fixed=True)
+    return Control(name, label, "fixed", [w], 0, fixed=True)
+
+
+def choose_grid(controls: list[Control], max_frames: int) -> None:
+    """Give each control a set of values so that the product is at most ``max_frames``.
+
+    Every control starts with its default; menus grow first, then the slider with the fewest
+    values grows next, values evenly spaced over a slider and always including its
+    default. Sets ``control.grid`` in place.
+    """
+    def spread(c: Control, n: int) -> list[int]:
+        picks = sorted({int(round(x)) for x in np.linspace(0, len(c.values) - 1, n)})
+        if c.index not in picks:
+            picks[int(np.argmin([abs(p - c.index) for p in picks]))] = c.index
+        return sorted(set(picks))
+
+    counts = {id(c): 1 for c in controls}
+    open_ = [c for c in controls if not c.fixed and len(c.values) > 1]
+    while open_:
+        def total(extra: Control | None = None) -> int:
+            return math.prod(counts[id(c)] + (c is extra) for c in controls)
+
+        menus = [c for c in open_ if c.kind == "select"]
+        c = min(menus or open_, key=lambda c: (counts[id(c)], -len(c.values)))
+        cap = SEED_VALUES if c.name == "seed" else len(c.values)
+        if counts[id(c)] >= min(cap, len(c.values)) or total(c) > max_frames:
+            open_.remove(c)
+            continue
+        counts[id(c)] += 1
+    for c in controls:
+        c.grid = spread(c, counts[id(c)]) if c.kind == "range" else \
+            _menu_grid(c, counts[id(c)])
+
+
+def _menu_grid(c: Control, n: int) -> list[int]:
+    """The default and the next ``n - 1`` options of a menu."""
+    return sorted({(c.index + i) % len(c.values) for i in range(n)})
+
+
+def frame_key(values: Sequence[int]) -> str:
+    """The key of the frame for these value indices (one per control, fixed ones included)."""
+    return ",".join(map(str, values))
+
+
+def _figure_text(fig: plt.Figure) -> str:
+    parts = [fig._suptitle.get_text()] if getattr(fig, "_suptitle", None) else []
+    parts += [ax.get_title() for ax in fig.axes if ax.get_title()]
+    return "; ".join(p.replace("\n", " ") for p in parts)
+
+
+def render_frame(show: Callable[..., None], values: dict[str, Any]) -> tuple[bytes, str]:
+    """Draw ``show(**values)`` off screen: (WebP bytes of its last figure, its panel titles)."""
+    plt.close("all")
+    printed = io.StringIO()
+    with mock.patch.object(plt, "show", lambda *a, **k: None), contextlib.redirect_stdout(printed):
+        show(**values)
+    numbers = plt.get_fignums()
+    if numbers:
+        fig = plt.figure(numbers[-1])
+    else:                        # the function only printed (e.g. an invalid custom kernel)
+        fig = plt.figure(figsize=(5, 0.8))
+        fig.text(0.02, 0.5, printed.getvalue().strip() or "(nothing drawn)", va="center")
+    text = _figure_text(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="webp", dpi=FRAME_DPI, bbox_inches="tight",
+                pil_kwargs={"quality": FRAME_QUALITY, "method": 6})
+    plt.close("all")
+    return buf.getvalue(), text
+
+
+class StaticExplorer:
+    """An explorer for a page without a kernel: frames drawn over a grid of control values.
+
+    ``frames`` maps :func:`frame_key` of the controls' value indices to a ``data:`` URL;
+    ``_repr_html_`` is the controls, the default frame and a script that binds them.
+    """
+
+    def __init__(self, show: Callable[..., None], controls: dict[str, Any],
+                 max_frames: int = MAX_FRAMES, max_bytes: int = FRAME_BYTES,
+                 max_seconds: float = FRAME_SECONDS) -> None:
+        self.controls = [control_of(name, w) for name, w in controls.items()]
+        defaults = {c.name: c.default for c in self.controls}
+        start = time.perf_counter()
+        first, first_text = render_frame(show, defaults)
+        seconds = max(time.perf_counter() - start, 1e-3)
+        budget = min(max_frames, max_bytes // max(1, int(len(first) * 1.15)),
+                     int(max_seconds / seconds))
+        choose_grid(self.controls, max(1, budget))
+        self.frames: dict[str, str] = {}
+        self.alts: dict[str, str] = {}
+        for combo in itertools.product(*(c.grid for c in self.controls)):
+            key = frame_key(combo)
+            values = {c.name: c.values[i] for c, i in zip(self.controls, combo)}
+            if all(i == c.index for c, i in zip(self.controls, combo)):
+                data, text = first, first_text
+            else:
+                data, text = render_frame(show, values)
+            self.frames[key] = "data:image/webp;base64," + base64.b64encode(data).decode()
+            self.alts[key] = self._alt(text, combo)
+
+    def _alt(self, text: str, combo: Sequence[int]) -> str:
+        settings = ", ".join(f"{c.label} {_show_value(c.values[i])}"
+                             for c, i in zip(self.controls, combo) if not c.fixed)
+        return f"Explorer figure for {settings}" + (f": {text}" if text else "")
+
+    @property
+    def default_key(self) -> str:
+        return frame_key([c.index for c in self.controls])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(v) for v in self.frames.values())
+
+    def _repr_html_(self) -> str:
+        uid = "dlmi-x-" + uuid.uuid4().hex[:8]
+        rows = []
+        for n, c in enumerate(self.controls):
+            cid = f"{uid}-{n}"
+            label = f'<label for="{cid}">{html.escape(c.label)}</label>'
+            if c.fixed:
+                rows.append(f'<div class="dlmi-row">{label}<input id="{cid}" type="text" readonly '
+                            f'value="{html.escape(_show_value(c.default))}" data-control="{n}">'
+                            '<span class="dlmi-note">(change it in a notebook)</span></div>')
+            elif c.kind == "select":
+                opts = "".join(f'<option value="{i}"{" selected" if i == c.index else ""}>'
+                               f"{html.escape(_show_value(c.values[i]))}</option>" for i in c.grid)
+                rows.append(f'<div class="dlmi-row">{label}<select id="{cid}" data-control="{n}">'
+                            f"{opts}</select></div>")
+            else:
+                pos = c.grid.index(c.index)
+                shown = html.escape(_show_value(c.default))
+                rows.append(f'<div class="dlmi-row">{label}<input id="{cid}" type="range" min="0" '
+                            f'max="{len(c.grid) - 1}" step="1" value="{pos}" '
+                            f'aria-valuetext="{shown}" data-control="{n}">'
+                            f'<output for="{cid}">{shown}</output></div>')
+        data = {"controls": [{"grid": c.grid, "values": [_show_value(v) for v in c.values],
+                              "index": c.index} for c in self.controls],
+                "frames": self.frames, "alts": self.alts}
+        payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+        key = self.default_key
+        n_frames = len(self.frames)
+        note = (f"Precomputed when the book was built: {n_frames} "
+                f"setting{'s' if n_frames != 1 else ''} of these controls. "
+                "Open the page as a notebook (launch button above) to try every value.")
+        return (f'<div class="dlmi-explorer" id="{uid}" role="group" aria-label="Explorer">'
+                f'<div class="dlmi-controls">{"".join(rows)}</div>'
+                f'<img class="dlmi-frame" src="{self.frames[key]}" alt="{html.escape(self.alts[key])}" '
+                f'data-key="{key}">'
+                f'<p class="dlmi-note">{html.escape(note)}</p>'
+                f'<script type="application/json" class="dlmi-data">{payload}</script>'
+                f"<script>{EXPLORER_JS}</script></div>")
+
+
+def _show_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+# Binds every not-yet-bound explorer on the page: a control's change shows the frame whose key
+# is the chosen value indices. Self-contained (no library), safe to include once per explorer.
+EXPLORER_JS = """(function(){
+function bind(root){if(root.dataset.bound)return;root.dataset.bound="1";
+var data=JSON.parse(root.querySelector("script.dlmi-data").textContent);
+var img=root.querySelector("img.dlmi-frame");
+var inputs=root.querySelectorAll("[data-control]");
+function update(){var key=[];inputs.forEach(function(el){var c=data.controls[+el.dataset.control];
+var i=c.index;if(el.type==="range"){i=c.grid[+el.value];var v=c.values[i];
+el.setAttribute("aria-valuetext",v);var o=el.parentNode.querySelector("output");if(o)o.textContent=v;}
+else if(el.tagName==="SELECT"){i=+el.value;}key.push(i);});
+key=key.join(",");if(data.frames[key]){img.src=data.frames[key];img.alt=data.alts[key];
+img.dataset.key=key;}}
+inputs.forEach(function(el){el.addEventListener("input",update);el.addEventListener("change",update);});}
+document.querySelectorAll(".dlmi-explorer").forEach(bind);})();"""
 
 
 def window_explorer(hu: np.ndarray) -> widgets.interactive:
