@@ -24,6 +24,7 @@ MIME = "application/x-dlmi-bridge+json"
 INLINE_BYTES = 1 << 16           # arrays larger than this go judge → kernel through a file
 MAX_ITEMS = 100_000              # longest list/iteration sent back
 LARGE_BYTES = 8 << 20            # a variable bigger than this is fetched as a handle (index it instead)
+MAX_ANSWER_BYTES = 64 << 20      # an answer larger than this is refused before it is built
 _NUMERIC_KINDS = set("biufc")    # bool, int, uint, float, complex
 
 _handles: dict[int, Any] = {}
@@ -71,36 +72,51 @@ def _torch_dtype(name: str) -> Any:
 
 # ------------------------------------------------------------------------------ encoding
 def encode(value: Any, *, handle: Callable[[Any], dict], array_out: Callable[[bytes], dict] | None = None,
-           _depth: int = 0) -> Any:
+           _depth: int = 0, budget: list[int] | None = None) -> Any:
     """Encode ``value`` for the wire; what is not data becomes ``handle(value)``.
 
     ``array_out(npy_bytes)`` returns the JSON stub for an array (inline base64 by default).
+    ``budget`` (one int in a list) is the number of bytes the whole answer may still take: an answer
+    that would be larger raises :class:`OverflowError` before its arrays are copied.
     """
     def rec(v: Any) -> Any:
-        return encode(v, handle=handle, array_out=array_out, _depth=_depth + 1)
+        return encode(v, handle=handle, array_out=array_out, _depth=_depth + 1, budget=budget)
+
+    def spend(n: int) -> None:
+        if budget is not None:
+            budget[0] -= n
+            if budget[0] < 0:
+                raise OverflowError("the value is too large to send to the grader: return less")
 
     if _depth > 20:
         return handle(value)
     if value is None or type(value) in (bool, str):
+        spend(len(value) if type(value) is str else 8)
         return value
     if type(value) is int:
+        spend(8 if abs(value) < 2**53 else 1 + value.bit_length() // 3)
         return value if abs(value) < 2**53 else {"$bigint": str(value)}
     if type(value) is float:
+        spend(24)
         return {"$float": repr(value)}
     stub = array_out or (lambda data: {"b64": base64.b64encode(data).decode("ascii")})
     module = type(value).__module__
     if module.startswith("torch") and type(value).__name__ in ("Tensor", "Parameter"):
         try:
+            spend(int(value.numel()) * max(4, value.element_size()) * 4 // 3)  # its base64, before any copy
             array, dtype = _tensor_to_numpy(value)
             return {"$tensor": stub(_npy_bytes(array)), "dtype": dtype, "device": str(value.device)}
         except TypeError:
             return handle(value)
     if module == "numpy" and hasattr(value, "dtype") and getattr(value.dtype, "kind", "O") in _NUMERIC_KINDS:
+        spend(int(getattr(value, "nbytes", 0)) * 4 // 3)
         return {"$ndarray": stub(_npy_bytes(value)), "scalar": type(value).__name__ != "ndarray"}
     if isinstance(value, (list, tuple)) and len(value) <= MAX_ITEMS and (type(value) in (list, tuple) or
                                                                          type(value).__name__ == "Size"):
+        spend(2 * len(value))
         return {"$list" if isinstance(value, list) else "$tuple": [rec(v) for v in value]}
     if type(value) is dict and len(value) <= MAX_ITEMS:
+        spend(4 * len(value))
         return {"$dict": [[rec(k), rec(v)] for k, v in value.items()]}
     return handle(value)
 
@@ -154,12 +170,22 @@ def _kernel_handle(value: Any) -> dict:
     _handles[_next_handle[0]] = value
     cls = type(value)
     mro = [f"{c.__module__}.{c.__qualname__}" for c in getattr(cls, "__mro__", (cls,))]
-    try:
-        text = repr(value)
-    except Exception:  # a student's __repr__ may raise
-        text = f"<{cls.__qualname__}>"
+    text = _short_repr(value)
     return {"$handle": _next_handle[0], "type": f"{cls.__module__}.{cls.__qualname__}", "mro": mro,
             "callable": callable(value), "repr": text[:300]}
+
+
+def _short_repr(value: Any) -> str:
+    """At most ~300 characters describing ``value``, never building the full repr of a big container."""
+    import reprlib
+    try:
+        if isinstance(value, (list, tuple, dict, set, frozenset, str, bytes, bytearray)) and len(value) > 1000:
+            return f"<{type(value).__qualname__} of {len(value)} items>"
+        short = reprlib.Repr()
+        short.maxstring = short.maxother = 300
+        return short.repr(value)[:300]
+    except Exception:  # a student's __repr__ may raise
+        return f"<{type(value).__qualname__}>"
 
 
 def _kernel_arg(stub: dict) -> bytes:
@@ -232,7 +258,8 @@ def serve(request_json: str) -> None:
             value = None
         else:
             raise ValueError(f"unknown op {op!r}")
-        answer["value"] = _kernel_handle(value) if request.get("as_handle") else encode(value, handle=_kernel_handle)
+        answer["value"] = _kernel_handle(value) if request.get("as_handle") else \
+            encode(value, handle=_kernel_handle, budget=[MAX_ANSWER_BYTES])
         answer["ok"] = True
     except BaseException as err:  # noqa: BLE001 — report everything, including SystemExit
         import traceback
@@ -260,39 +287,188 @@ def install_data_audit() -> None:
         setattr(dlmi, name, wrap(getattr(dlmi, name)))
 
 
-_forbidden: list[tuple[Any, str, Any]] = []
+_forbidden: list[Callable[[], None]] = []   # how to undo each ban of the current check (see allow())
+_armed: list[Any] = []                      # the lab's bans for the whole run: kept alive, never undone
+
+_OP_NAMESPACES = ("aten", "mkldnn", "quantized", "_quantized", "torchvision", "prims")
+_DISPATCH_KEYS = ("CompositeImplicitAutograd", "CompositeExplicitAutograd", "CompositeExplicitAutogradNonFunctional",
+                  "Autograd", "AutogradCPU", "AutogradCUDA", "AutogradOther", "CPU", "CUDA", "MkldnnCPU",
+                  "QuantizedCPU", "QuantizedCUDA", "SparseCPU", "SparseCUDA", "MPS", "XPU", "Meta",
+                  "BackendSelect", "FuncTorchBatched")
 
 
-def forbid(paths: list[str], message: str) -> None:
-    """Replace library functions (``"torch.nn.functional.conv2d"``) by traps that raise ``message``."""
+def _ban_ops(patterns: list[str], message: str, keep: list[Any]) -> int:
+    """Replace, at torch's dispatcher, every kernel of every operator whose name matches one of
+    ``patterns`` (``aten::convolution``, ``torchvision::nms``, ...) by one that raises ``message``.
+
+    Every way to reach such an operator (``F.conv2d`` bound before, ``nn.Conv2d``,
+    ``torch.ops.aten.*``, ``torch._C._nn.*``, other threads) ends at the dispatcher, hence in the
+    trap. The registrations live as long as the ``torch.library.Library`` objects put in ``keep``."""
+    import re
+    import warnings
+
+    import torch
+
+    rx = re.compile("|".join(f"(?:{p})" for p in patterns))
+
+    def trap(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(message)
+
+    libraries: dict[str, Any] = {}
+    count = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "overriding a previously registered kernel" is the point
+        for name in torch._C._dispatch_get_all_op_names():
+            namespace, _, op = name.partition("::")
+            if namespace not in _OP_NAMESPACES or not rx.search(op):
+                continue
+            for key in _DISPATCH_KEYS:
+                try:
+                    if not torch._C._dispatch_has_kernel_for_dispatch_key(name, key):
+                        continue
+                    if namespace not in libraries:
+                        libraries[namespace] = torch.library.Library(namespace, "IMPL")
+                    libraries[namespace].impl(op, trap, key)
+                    count += 1
+                except Exception:  # noqa: BLE001 — a key this build does not know
+                    continue
+    keep.extend(libraries.values())
+    return count
+
+
+def _trap_code(freevars: tuple[str, ...], message: str) -> Any:
+    """A code object that raises ``message``, with the free variables a function's closure needs."""
+    source = "def _outer():\n" + "".join(f"    {v} = None\n" for v in freevars) + \
+        "    def _trap(*args, **kwargs):\n" + (f"        ({', '.join(freevars)},)\n" if freevars else "") + \
+        f"        raise RuntimeError({message!r})\n    return _trap\n"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "<dlmi-ban>", "exec"), namespace)
+    return namespace["_outer"]().__code__
+
+
+def _ban_function(path: str, message: str, undo: list[Callable[[], None]] | None) -> None:
+    """Make the function at ``path`` raise ``message``. A Python function gets a new code object, so
+    every reference to it taken earlier is trapped too; a torch builtin is banned at the dispatcher."""
     import importlib
+    import types
 
+    module, _, attr = path.rpartition(".")
+    owner: Any = importlib.import_module(module)
+    original = getattr(owner, attr)
+    if isinstance(original, types.FunctionType):
+        code = original.__code__
+        original.__code__ = _trap_code(code.co_freevars, message)
+        if undo is not None:
+            undo.append(lambda f=original, c=code: setattr(f, "__code__", c))
+        return
+    if isinstance(original, types.BuiltinFunctionType) and module.split(".")[0] == "torch":
+        keep: list[Any] = []
+        if _ban_ops([f"^_?{original.__name__}(\\.|$)"], message, keep):
+            if undo is not None:
+                undo.append(lambda libs=keep: [lib._destroy() for lib in libs])
+            else:
+                _armed.extend(keep)
+    setattr(owner, attr, _raiser(message))
+    if undo is not None:
+        undo.append(lambda o=owner, a=attr, v=original: setattr(o, a, v))
+
+
+def _raiser(message: str) -> Callable[..., Any]:
+    def trap(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(message)
+    return trap
+
+
+class _Blocked:
+    """A ``sys.meta_path`` finder that refuses to import the banned modules."""
+
+    def __init__(self, prefixes: list[str], message: str) -> None:
+        self.prefixes, self.message = tuple(prefixes), message
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if any(name == p or name.startswith(p + ".") for p in self.prefixes):
+            raise ImportError(self.message)
+        return None
+
+
+def _block_modules(prefixes: list[str], message: str, undo: list[Callable[[], None]] | None) -> None:
+    """Make ``prefixes`` (``scipy.signal``, ...) unimportable; the functions of those already
+    imported raise ``message`` (for the whole run they are also dropped from ``sys.modules``)."""
+    import sys
+    import types
+
+    finder = _Blocked(prefixes, message)
+    sys.meta_path.insert(0, finder)
+    if undo is not None:
+        undo.append(lambda: sys.meta_path.remove(finder) if finder in sys.meta_path else None)
+    for name in [n for n in list(sys.modules) if any(n == p or n.startswith(p + ".") for p in prefixes)]:
+        module = sys.modules[name]
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, types.FunctionType) and value.__module__ == name:
+                code = value.__code__
+                value.__code__ = _trap_code(code.co_freevars, message)
+                if undo is not None:
+                    undo.append(lambda f=value, c=code: setattr(f, "__code__", c))
+            elif isinstance(value, types.BuiltinFunctionType) and undo is None:
+                setattr(module, attr, _raiser(message))
+        if undo is None:
+            del sys.modules[name]
+            parent, _, child = name.rpartition(".")
+            if parent in sys.modules and getattr(sys.modules[parent], child, None) is module:
+                delattr(sys.modules[parent], child)
+
+
+def ban(rule: dict[str, Any], *, scoped: bool) -> None:
+    """Install one of the lab's bans: ``{"ops": [regex], "functions": [path], "modules": [name], "message"}``.
+    ``scoped`` bans are undone by :func:`allow`; the others hold for the rest of the kernel's life."""
+    message = str(rule["message"])
+    undo = _forbidden if scoped else None
+    if rule.get("ops"):
+        keep: list[Any] = []
+        _ban_ops(list(rule["ops"]), message, keep)
+        if scoped:
+            _forbidden.append(lambda libs=keep: [lib._destroy() for lib in libs])
+        else:
+            _armed.extend(keep)
+    for path in rule.get("functions", []):
+        try:
+            _ban_function(path, message, undo)
+        except (ImportError, AttributeError):
+            continue  # a library this kernel does not have cannot be called either
+    if rule.get("modules"):
+        _block_modules(list(rule["modules"]), message, undo)
+
+
+def forbid(paths: list[str], message: str, *, mark: bool = False) -> None:
+    """Make library functions (``"torch.nn.functional.conv2d"``) raise ``message`` until :func:`allow`
+    (with ``mark``, until ``allow(to_mark=True)``, which leaves the bans made before in place)."""
+    if mark:
+        _forbidden.append(None)  # type: ignore[arg-type]
     for path in paths:
-        module, _, attr = path.rpartition(".")
-        owner = importlib.import_module(module)
-        original = getattr(owner, attr)
-
-        def trap(*args: Any, _path: str = path, **kwargs: Any) -> Any:
-            raise RuntimeError(message.format(name=_path))
-
-        _forbidden.append((owner, attr, original))
-        setattr(owner, attr, trap)
+        _ban_function(path, message.format(name=path), _forbidden)
 
 
-def allow() -> None:
-    """Undo :func:`forbid`."""
+def allow(to_mark: bool = False) -> None:
+    """Undo the scoped bans (:func:`forbid`, :func:`forbid_split`, scoped :func:`ban`): all of them,
+    or with ``to_mark`` those made since the last mark."""
     while _forbidden:
-        owner, attr, original = _forbidden.pop()
-        setattr(owner, attr, original)
+        undo = _forbidden.pop()
+        if undo is None:
+            if to_mark:
+                return
+            continue
+        undo()
 
 
-def forbid_split(split: str, message: str) -> None:
+def forbid_split(split: str, message: str, *, mark: bool = False) -> None:
     """Make every ``dlmi.load_medmnist*`` call for ``split`` raise ``message`` (undo with :func:`allow`)."""
     import functools
 
     import dlmi
     import dlmi.datasets
 
+    if mark:
+        _forbidden.append(None)  # type: ignore[arg-type]
     for owner in (dlmi, dlmi.datasets):
         for attr in ("load_medmnist", "load_medmnist_tensors"):
             original = getattr(owner, attr)
@@ -303,5 +479,5 @@ def forbid_split(split: str, message: str) -> None:
                     raise RuntimeError(message)
                 return _original(flag, which, *args, **kwargs)
 
-            _forbidden.append((owner, attr, original))
+            _forbidden.append(lambda o=owner, a=attr, v=original: setattr(o, a, v))
             setattr(owner, attr, guarded)

@@ -177,8 +177,37 @@ def cmd_csv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    """List the hand-ins in review, or accept / reject one (its kept score becomes final, or none)."""
+    root = _root(args)
+    base = Path(args.results).resolve() if args.results else root / "results"
+    results = {r["student"]: r for r in grade.load_results(base, args.lab)}
+    if not args.student:
+        pending = [r for r in results.values() if (r.get("integrity") or {}).get("state") == "pending"]
+        for r in pending:
+            print(f"{r['student']}: kept score {r['integrity']['score']:g}/{r.get('max_score', 0):g}")
+            for finding in r["integrity"]["findings"]:
+                print(f"    {finding}")
+        print(f"{len(pending)} hand-in(s) of {args.lab} in review")
+        return 0
+    if args.student not in results:
+        raise SystemExit(f"no result of {args.student!r} for {args.lab} in {base}")
+    if args.accept == args.reject:
+        raise SystemExit("say --accept or --reject")
+    res = grade.decide_review(results[args.student], accept=args.accept, who=os.environ.get("USER", ""))
+    course.write_json(base / args.lab / f"{args.student}.json", res)
+    if base == root / "results":
+        feedback.record(root, [res])
+    path = grade.write_csv(base, args.lab, feedback.manual_scores(root, args.lab))
+    print(f"{args.student}: {res['status']}" + ("" if res.get("score") is None else f", score {res['score']:g}")
+          + f"; class CSV: {path}")
+    return 0
+
+
 def _grading_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=int, help="submissions graded at once (default: CPU cores, or one per GPU)")
+    p.add_argument("--workers", type=int,
+                   help="submissions graded at once (default: CPU cores; on CUDA several per GPU, planned from "
+                   "free GPU memory, the lab's gpu_memory_mb and CPU cores)")
     p.add_argument("--device", default=os.environ.get("DLMI_DEVICE") or "auto",
                    help="cpu, cuda or auto (default: $DLMI_DEVICE, else cuda when a GPU is present)")
     p.add_argument("--timeout", type=float, help="whole-notebook limit in seconds (default: the lab's budget)")
@@ -226,6 +255,13 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("csv", help="rewrite results/<lab>/grades.csv (picks up hand-graded scores)")
     p.add_argument("lab")
     p.set_defaults(func=cmd_csv)
+    p = sub.add_parser("review", help="hand-ins held for review (tampering?): list them, or --accept/--reject one")
+    p.add_argument("lab")
+    p.add_argument("student", nargs="?")
+    p.add_argument("--accept", action="store_true", help="the kept score becomes the hand-in's score")
+    p.add_argument("--reject", action="store_true", help="status 'rejected', no score")
+    p.add_argument("--results", help="results folder (default <root>/results)")
+    p.set_defaults(func=cmd_review)
     return ap
 
 

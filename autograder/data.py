@@ -2,19 +2,81 @@
 before a hidden test asks for it, and its labels never leave the judge.
 
 * :func:`heldout` — the grader's held-out split: MedMNIST's official ``test`` split when the
-  real data is used (the labs never load it), else a fresh sample of the synthetic stand-in
-  drawn with a seed of the grader (``$DLMI_HELDOUT_SEED``; set a private one per course).
+  real data is used (the labs never load it, and kernels never see it: :func:`kernel_copy`), else
+  a fresh sample of the synthetic stand-in drawn with the course's secret seed (:func:`heldout_seed`).
 * :func:`split` — the same ``train``/``val`` data the student's notebook sees.
+* :func:`heldout_seed` — the course's secret: ``$DLMI_HELDOUT_SEED`` (a CI secret), else a random
+  number kept in the git-ignored file ``.dlmi-heldout-secret`` (mode 0600) of the course root,
+  made on the first grading run. No graded run uses a seed written in the repository.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import secrets
+import sys
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-DEFAULT_HELDOUT_SEED = 8_461_937
+SEED_ENV = "DLMI_HELDOUT_SEED"
+SECRET_FILE = ".dlmi-heldout-secret"
+# read once and removed from this process's environment, so that no process the grader starts after
+# (the kernel zygote, hence every kernel: /proc/self/environ) inherits it
+_ENV_SEED = os.environ.pop(SEED_ENV, None)
+
+
+def _seed_from(text: str) -> int:
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 2
+
+
+def heldout_seed(root: str | os.PathLike | None = None) -> int:
+    """The course's secret held-out seed (see the module's text)."""
+    if _ENV_SEED and _ENV_SEED.strip():
+        return _seed_from(_ENV_SEED)
+    if root is None:
+        from .course import course_root
+        root = course_root()
+    path = Path(root) / SECRET_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{secrets.randbits(62)}\n")
+        print(f"made the course's held-out secret {path} (mode 0600, git-ignored): keep it, or set "
+              f"${SEED_ENV} to the same value on every machine that grades (CI: a repository secret)",
+              file=sys.stderr)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+    return _seed_from(path.read_text())
+
+
+def kernel_copy(source: Path, target: Path, splits: list[str]) -> Path:
+    """Write the MedMNIST npz ``source`` to ``target`` with only ``splits`` in it: the arrays of every
+    other split are replaced by blank ones of the same shape and dtype (dlmi checks the sizes), so
+    their images never reach a kernel. Skipped when ``target`` was made from the same file."""
+    stamp = target.with_name(target.name + ".from")
+    st = source.stat()
+    origin = f"{source.resolve()} {st.st_size} {st.st_mtime_ns} {','.join(sorted(splits))}"
+    if target.exists() and stamp.exists() and stamp.read_text() == origin:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with np.load(source) as npz:
+        arrays = {key: npz[key] if key.split("_")[0] in splits else np.zeros(npz[key].shape, npz[key].dtype)
+                  for key in npz.files}
+    tmp = target.with_name(target.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, target)
+    stamp.write_text(origin)
+    return target
 
 
 def _tensors(images: Any, labels: Any, task: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,8 +89,9 @@ def _tensors(images: Any, labels: Any, task: str) -> tuple[torch.Tensor, torch.T
 
 
 @functools.lru_cache(maxsize=4)
-def heldout(flag: str, size: int = 28, mode: str = "synthetic", n: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """At most ``n`` held-out images and labels (a fixed subset, the same on every run)."""
+def heldout(flag: str, size: int = 28, mode: str = "synthetic", n: int = 1000, *,
+            seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """At most ``n`` held-out images and labels (a fixed subset, the same on every run of a course)."""
     import dlmi
     from dlmi.standin import make_standin
     from medmnist.info import INFO
@@ -36,7 +99,7 @@ def heldout(flag: str, size: int = 28, mode: str = "synthetic", n: int = 1000) -
     if mode == "real":
         x, y = dlmi.load_medmnist_tensors(flag, "test", size, mode="real")
     else:
-        seed = int(os.environ.get("DLMI_HELDOUT_SEED", DEFAULT_HELDOUT_SEED))
+        seed = heldout_seed() if seed is None else seed
         arrays = make_standin(INFO[flag], size, 1e-9, seed)  # the smallest stand-in: 800 per split
         x, y = _tensors(arrays["test_images"], arrays["test_labels"], INFO[flag]["task"])
     keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n].sort().values
@@ -57,9 +120,11 @@ def split(flag: str, name: str, size: int = 28, mode: str = "synthetic",
 
 def providers(settings: dict[str, Any]) -> dict[str, Any]:
     """The ``grader.<name>`` helpers hidden tests of a lab with a data set may use."""
+    seed = settings["_heldout_seed"] if "_heldout_seed" in settings else heldout_seed()
+    base: dict[str, Any] = {"heldout_seed": seed}  # for hidden tests that draw their own hidden set
     data = settings.get("data")
     if not data:
-        return {}
+        return base
     flag, size, mode = data["flag"], data.get("size", 28), settings["_env"]["DLMI_DATA"]
-    return {"heldout": functools.partial(heldout, flag, size, mode),
+    return {**base, "heldout": functools.partial(heldout, flag, size, mode, seed=seed),
             "dataset": functools.partial(split, flag, size=size, mode=mode), "data_mode": mode, "flag": flag}

@@ -27,9 +27,10 @@ import psutil
 from nbformat import NotebookNode
 from nbformat.v4 import new_output
 
-from . import course, data, notebook
+from . import audit, course, data, notebook
 from .judge import judge_test
-from .kernel import KernelSession, Limits, SubmissionFailure, claim_uid, gpu_devices, readonly_paths, slot_env
+from .kernel import (KernelSession, Limits, SubmissionFailure, claim_fresh_uid, claim_uid, gpu_devices,  # noqa: F401
+                     readonly_paths, slot_env)
 from .sandbox import PRELOAD, Zygote, ZygoteClient, die_with_parent
 
 CSV_FIELDS = ["student", "status", "score", "max_score", "manual_score", "manual_max", "runtime_s", "device",
@@ -98,28 +99,30 @@ def resolve_device(device: str) -> tuple[str, list[str]]:
     return device, gpus
 
 
-def prepare_data(settings: dict) -> tuple[dict[str, str], list[str]]:
+def prepare_data(settings: dict, root: Path | None = None) -> tuple[dict[str, str], list[str]]:
     """Make the lab's data set readable by kernels: (environment, paths to bind read-only).
 
-    The file dlmi would load (made now if it is the stand-in) is copied, world-readable, into a
-    grader folder that mirrors the data root; kernels see only that copy.
+    Kernels see only a copy, in a grader folder that mirrors the data root, holding the splits the
+    lab may load (``metadata.dlmi.data.splits``, default train and val); every other split (test)
+    is there as blank placeholder arrays of the same shape, so the test images never enter a
+    kernel's file system. Also puts the course's held-out seed into ``settings["_heldout_seed"]``
+    (the judge's side only: it never reaches a kernel's environment).
     """
-    data = settings.get("data")
-    if not data:
+    settings["_heldout_seed"] = data.heldout_seed(root)
+    spec = settings.get("data")
+    if not spec:
         return {}, []
     from dlmi.datasets import data_root, resolve
 
-    flag, size = data["flag"], data.get("size", 28)
+    flag, size = spec["flag"], spec.get("size", 28)
+    splits = list(spec.get("splits", ["train", "val"]))
+    if "test" in splits:
+        raise ValueError("the test split is the grader's held-out data: a lab may not load it (metadata.dlmi.data)")
     mode, _, path = resolve(flag, size)
     rel = path.resolve().relative_to(data_root().resolve())
     view = Path(_scratch_base()) / "data"
     target = view / rel
-    if not target.exists() or target.stat().st_size != path.stat().st_size or \
-            target.stat().st_mtime < path.stat().st_mtime:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, target)
+    data.kernel_copy(path, target, splits)
     for p in [target, *target.parents]:
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
         if p == view:
@@ -137,10 +140,9 @@ def _init_worker(slots: Any, options: Options, root: str, preload: list[str], id
     die_with_parent()  # a grader killed mid-run leaves no worker behind (kernels follow the zygote)
     slot = slots.get()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    uid, lock = claim_uid(Path(_scratch_base()))
     import torch  # noqa: F401 — the judge's references
     judge_imports(preload)
-    _worker.update(slot=slot, uid=uid, uid_lock=lock, options=options, root=Path(root), ids=ids,
+    _worker.update(slot=slot, options=options, root=Path(root), ids=ids,
                    zygote=ZygoteClient(Path(zygote_socket)))
 
 
@@ -203,7 +205,10 @@ def grade_job(job: Job, pack: LabPack) -> dict[str, Any]:
         env = {**slot_env(slot, options.device, options.gpus), **pack.settings.get("_env", {})}
         workdir = Path(tempfile.mkdtemp(prefix=f"run{os.getppid()}-g{slot}-", dir=_scratch_base()))
         files = {f"{job.lab}.ipynb": path, **{k: Path(v) for k, v in pack.files.items()}}
-        with KernelSession(workdir, _worker["zygote"], uid=_worker["uid"], limits=limits, level=options.level, env=env,
+        # a user id of its own, never used before in this run: nothing a hand-in leaves reaches the next
+        uid, uid_lock = claim_fresh_uid(Path(_scratch_base()), Path(_scratch_base()) / f"run{os.getppid()}-uids")
+        result["uid"] = uid
+        with uid_lock, KernelSession(workdir, _worker["zygote"], uid=uid, limits=limits, level=options.level, env=env,
                            ro=readonly_paths(pack.settings.get("_ro", []), _worker["root"]),
                            devices=gpu_devices() if options.device == "cuda" else [], files=files) as session:
             t0 = time.monotonic()
@@ -213,11 +218,19 @@ def grade_job(job: Job, pack: LabPack) -> dict[str, Any]:
             if pack.settings.get("audit_data"):
                 session.execute("__import__('sys').modules['__dlmi_bridge__'].install_data_audit()",
                                 "the grader's set-up", store_history=False, bridge_call=True)
-            context = {"device": env["DLMI_DEVICE"], "settings": pack.settings,
+            bans = lab_bans(pack.settings)
+            for rule in bans:  # before the first cell of the notebook, for the whole run
+                if not rule.get("tests"):
+                    _kernel_ban(session, rule, scoped=False)
+            context = {"device": env["DLMI_DEVICE"], "settings": pack.settings, "bans": bans,
+                       "ban_messages": {rule["message"] for rule in bans},
                        "providers": data.providers(pack.settings)}
             _execute(session, graded, result, context)
         result["status"] = "graded"
         result["score"] = sum(t["points"] for t in result["tests"])
+        findings = audit.scan(audit.notebook_cells(graded, notebook.is_test))
+        if findings:  # kept for the instructor, not final: `dlmi-grader review LAB STUDENT --accept|--reject`
+            hold_for_review(result, findings)
     except SubmissionFailure as failure:
         result["status"] = f"{failure.status}: {failure.reason}"
     result["runtime_s"] = round(time.monotonic() - started, 2)
@@ -239,8 +252,15 @@ def _execute(session: KernelSession, nb: NotebookNode, result: dict[str, Any], c
             max_points = float(meta.get("points", 0))
             t0 = time.monotonic()
             session.run_bridge_source()
+            scoped = [rule for rule in context.get("bans", []) if meta["grade_id"] in rule.get("tests", [])]
+            for rule in scoped:
+                _kernel_ban(session, rule, scoped=True)
             outcome = judge_test(session, cell.source, hidden=notebook.has_hidden(cell), context=context,
                                  shared=shared)
+            if scoped:
+                session.run_bridge_source()
+                session.execute("__import__('sys').modules['__dlmi_bridge__'].allow()", "the grader's set-up",
+                                store_history=False, bridge_call=True)
             result["timing"]["tests_s"] = round(result["timing"]["tests_s"] + time.monotonic() - t0, 2)
             points = max_points if outcome.passed else 0.0
             cell.outputs = [_report(outcome.passed, points, max_points, outcome.message, outcome.printed)]
@@ -277,6 +297,58 @@ def _scratch_base() -> str:
 
 
 # ---------------------------------------------------------------------------- many submissions
+def lab_bans(settings: dict) -> list[dict[str, Any]]:
+    """The lab's bans (``metadata.dlmi.bans``): each ``{"message", "ops": [regex over torch operator
+    names], "functions": [dotted paths], "modules": [module names], "tests": [grade ids]}``; without
+    ``tests`` a ban holds from the kernel's first instruction for the whole run, with them only while
+    those tests run."""
+    bans = []
+    for rule in settings.get("bans", []):
+        if not isinstance(rule, dict) or not isinstance(rule.get("message"), str):
+            raise ValueError(f"a ban in the lab's metadata needs a message: {rule!r}")
+        bans.append({k: rule[k] for k in ("message", "ops", "functions", "modules", "tests") if k in rule})
+    return bans
+
+
+def _kernel_ban(session: KernelSession, rule: dict[str, Any], *, scoped: bool) -> None:
+    import json
+    code = (f"__import__('sys').modules['__dlmi_bridge__'].ban(__import__('json').loads({json.dumps(rule)!r}), "
+            f"scoped={scoped})")
+    run = session.execute(code, "the grader's set-up", store_history=False, bridge_call=True)
+    if run.error:
+        raise SubmissionFailure("failed", f"the grader could not install the lab's bans ({run.error['ename']}: "
+                                f"{run.error['evalue'][:200]})")
+
+
+def hold_for_review(result: dict[str, Any], findings: list[str]) -> None:
+    """Put a graded hand-in into review: its score is kept under ``integrity`` and the published score
+    stays empty until an instructor accepts (``dlmi-grader review``)."""
+    summary = findings[0] + (f" (and {len(findings) - 1} more)" if len(findings) > 1 else "")
+    result["integrity"] = {"state": "pending", "findings": findings, "score": result["score"]}
+    result["status"] = f"review: tampering? {summary}"
+    result["score"] = None
+    note = "tampering? " + "; ".join(findings[:5])
+    previous = result.get("review")
+    result["review"] = f"{previous}; {note}" if previous else note
+
+
+def decide_review(res: dict[str, Any], accept: bool, who: str = "") -> dict[str, Any]:
+    """An instructor's decision on a hand-in in review: accepted → graded with its kept score;
+    rejected → ``rejected: ...`` with an empty score."""
+    integrity = res.get("integrity")
+    if not isinstance(integrity, dict) or integrity.get("state") not in ("pending", "accepted", "rejected"):
+        raise ValueError(f"{res.get('student')} is not in review (status {res.get('status')!r})")
+    integrity["state"] = "accepted" if accept else "rejected"
+    integrity["decided"] = time.strftime("%Y-%m-%dT%H:%M:%S%z") + (f" by {who}" if who else "")
+    if accept:
+        res["status"], res["score"] = "graded", integrity["score"]
+    else:
+        res["status"] = "rejected: " + (integrity.get("findings") or ["by the instructor"])[0]
+        res["score"] = None
+    res["review"] = f"tampering? {integrity['state']} by the instructor: " + "; ".join(integrity.get("findings", [])[:5])
+    return res
+
+
 def pack_lab(lab: course.Lab, release: Path | None = None) -> LabPack:
     """Everything workers need of ``lab`` (blank notebook from ``release`` or a fresh one), data made ready."""
     if release is None:
@@ -284,7 +356,7 @@ def pack_lab(lab: course.Lab, release: Path | None = None) -> LabPack:
     else:
         blank = nbformat.read(release / f"{lab.name}.ipynb", as_version=4)
     settings = lab.settings
-    env, ro = prepare_data(settings)
+    env, ro = prepare_data(settings, lab.root)
     settings["_env"], settings["_ro"] = env, ro
     return LabPack(lab.name, dict(lab.source), dict(blank), settings, {k: str(v) for k, v in lab.files().items()},
                    notebook.lab_ids(lab.source))

@@ -183,21 +183,24 @@ class GraderHelpers:
 
     @contextlib.contextmanager
     def forbid(self, *paths: str, message: str = "{name} is not allowed here: write it yourself"):
-        """While the block runs, calling any of ``paths`` inside the kernel raises ``message``."""
-        self.run(f"__import__('sys').modules['__dlmi_bridge__'].forbid({list(paths)!r}, {message!r})")
+        """While the block runs, calling any of ``paths`` inside the kernel raises ``message`` (every
+        reference to them, taken before or after: see :func:`autograder.bridge.forbid`)."""
+        self.context.setdefault("ban_messages", set()).update(message.format(name=p) for p in paths)
+        self.run(f"__import__('sys').modules['__dlmi_bridge__'].forbid({list(paths)!r}, {message!r}, mark=True)")
         try:
             yield
         finally:
-            self.run("__import__('sys').modules['__dlmi_bridge__'].allow()")
+            self.run("__import__('sys').modules['__dlmi_bridge__'].allow(to_mark=True)")
 
     @contextlib.contextmanager
     def forbid_split(self, split: str, message: str):
         """While the block runs, loading ``split`` with ``dlmi.load_medmnist*`` in the kernel raises ``message``."""
-        self.run(f"__import__('sys').modules['__dlmi_bridge__'].forbid_split({split!r}, {message!r})")
+        self.context.setdefault("ban_messages", set()).add(message)
+        self.run(f"__import__('sys').modules['__dlmi_bridge__'].forbid_split({split!r}, {message!r}, mark=True)")
         try:
             yield
         finally:
-            self.run("__import__('sys').modules['__dlmi_bridge__'].allow()")
+            self.run("__import__('sys').modules['__dlmi_bridge__'].allow(to_mark=True)")
 
     def data_loads(self) -> list[dict[str, Any]]:
         """Every ``dlmi.load_medmnist*`` call the notebook made (flag, split, cell)."""
@@ -252,9 +255,10 @@ def _judge(session: KernelSession, source: str, hidden: bool, namespace: dict[st
     except SubmissionFailure:
         raise
     except StudentError as err:
-        message = f"your code raised {err.ename}: {err.evalue}"
-        if not hidden:
-            message += "\n" + _student_traceback(err.traceback)
+        if hidden:
+            message = _hidden_error(err, namespace)
+        else:
+            message = f"your code raised {err.ename}: {err.evalue}\n" + _student_traceback(err.traceback)
         return Outcome(False, message, _judge_traceback(), "" if hidden else out.getvalue())
     except AssertionError as err:
         text = str(err).strip()
@@ -265,11 +269,44 @@ def _judge(session: KernelSession, source: str, hidden: bool, namespace: dict[st
             message += _visible_location(source)
         return Outcome(False, message, _judge_traceback(), "" if hidden else out.getvalue())
     except Exception as err:  # noqa: BLE001 — any other failure of the test is a failed test
-        if hidden:
-            message = f"a hidden check failed with {type(err).__name__}: {str(err)[:300]}"
+        if hidden:  # the message may quote what the student's code returned (and that may quote hidden inputs)
+            name = type(err).__name__
+            message = f"a hidden check failed with {name}: {_HINTS.get(name, _HINTS['Exception'])}"
         else:
             message = f"{type(err).__name__}: {err}" + _visible_location(source)
         return Outcome(False, message, _judge_traceback(), "" if hidden else out.getvalue())
+
+
+_HINTS = {
+    "TypeError": "check the types your function accepts and returns (tensor or number, list or tuple, dtype)",
+    "ValueError": "your code rejected an input it should accept, or returned a value of the wrong kind",
+    "RuntimeError": "often shapes or dtypes that do not match in a tensor operation",
+    "IndexError": "an index out of range: check the edge cases (sizes of 1, empty inputs, the last element)",
+    "KeyError": "a missing key: check the names your function expects and returns",
+    "AttributeError": "an attribute that does not exist: check the type of what your function returns",
+    "NameError": "a name your code uses is not defined (run every cell of the notebook in order)",
+    "ZeroDivisionError": "a division by zero: check the edge cases",
+    "NotImplementedError": "the function is not written yet",
+    "OverflowError": "a value too large: return less (the grader refuses very large answers)",
+    "RecursionError": "too deep a recursion",
+    "MemoryError": "out of memory",
+    "AssertionError": "an assertion in your own code failed",
+    "Exception": "see the visible tests and the lab's text for what is expected",
+}
+
+
+def _hidden_error(err: StudentError, namespace: dict[str, Any]) -> str:
+    """What a student sees when their code raised inside a hidden test: the exception's type and a
+    generic hint, never its message (it could carry the hidden inputs) — except a ban's own message,
+    which the grader wrote and recognises word for word."""
+    helpers = namespace.get("grader")
+    known = helpers.context.get("ban_messages", set()) if isinstance(helpers, GraderHelpers) else set()
+    if err.evalue in known:
+        return f"your code raised {err.ename}: {err.evalue}"
+    builtin = getattr(builtins, err.ename, None)
+    if isinstance(builtin, type) and issubclass(builtin, BaseException):
+        return f"your code raised {err.ename} in a hidden check: {_HINTS.get(err.ename, _HINTS['Exception'])}"
+    return f"your code raised an exception of its own type in a hidden check: {_HINTS['Exception']}"
 
 
 def _judge_traceback() -> str:

@@ -196,6 +196,8 @@ class KernelSession:
         self._kill()
         if os.geteuid() == 0 and self.level != "none":
             reap_uid(self.uid)
+            if self.level == "uid":
+                scrub_uid(self.uid)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> "KernelSession":
@@ -305,6 +307,7 @@ class KernelSession:
             if kind == "display_data" and bridge.MIME in content.get("data", {}):
                 if bridge_call:
                     result.bridge.append(content)
+                self._count_output(content, where)  # answers to graded checks count toward the output limit
                 continue
             if kind == "error":
                 result.error = {"ename": content["ename"], "evalue": content["evalue"],
@@ -323,8 +326,8 @@ class KernelSession:
         size += sum(len(line) for line in content.get("traceback", []))
         self.output_bytes += size
         if self.output_bytes > self.limits.output_mb * 2**20:
-            self._fail("failed", f"output limit exceeded: the notebook printed more than {self.limits.output_mb:g} MB "
-                       f"(in {where})")
+            self._fail("failed", f"output limit exceeded: the notebook printed (or returned to graded checks) more "
+                       f"than {self.limits.output_mb:g} MB (in {where})")
             raise self.failure  # type: ignore[misc]
 
     def run_bridge_source(self) -> None:
@@ -333,7 +336,7 @@ class KernelSession:
         code = ("import sys as _s, types as _t\n_m = _t.ModuleType('__dlmi_bridge__')\n"
                 f"exec(compile({source!r}, '<dlmi-bridge>', 'exec'), _m.__dict__)\n"
                 "_old = _s.modules.get('__dlmi_bridge__')\n"
-                "for _k in ('_handles', '_next_handle', 'data_loads', '_forbidden'):\n"
+                "for _k in ('_handles', '_next_handle', 'data_loads', '_forbidden', '_armed'):\n"
                 "    if type(getattr(_old, _k, None)) is type(getattr(_m, _k)):\n"
                 "        setattr(_m, _k, getattr(_old, _k))  # the same objects: wrappers made earlier still see them\n"
                 "_s.modules['__dlmi_bridge__'] = _m\ndel _s, _t, _m, _old, _k\n")
@@ -384,6 +387,66 @@ def claim_uid(folder: Path) -> tuple[int, IO[str]]:
             reap_uid(uid)  # leftovers of a grader that crashed
         return uid, lock
     raise RuntimeError(f"no free sandbox user id in {UID_BASE}..{UID_BASE + 999}")
+
+
+FRESH_UID_BASE, UID_SPAN = 200_000, 100_000  # one sandbox user id per hand-in: 200000 .. 299999
+
+
+def claim_fresh_uid(lock_dir: Path, used_dir: Path) -> tuple[int, IO[str]]:
+    """A sandbox user id for one hand-in: never used before in this grading run (a marker in
+    ``used_dir``, shared by the run's workers) and used by no other grader now (a lock in
+    ``lock_dir``). Returns (uid, lock held while open). Nothing a hand-in leaves behind that belongs
+    to its user id (a keyring, a file in a shared folder) can be read by the next one."""
+    used_dir.mkdir(mode=0o700, exist_ok=True)
+    for uid in range(FRESH_UID_BASE, FRESH_UID_BASE + UID_SPAN):
+        try:
+            os.close(os.open(used_dir / str(uid), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            continue
+        lock = open(lock_dir / f"uid-{uid}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        if os.geteuid() == 0:
+            reap_uid(uid)  # leftovers of a grader that crashed
+            scrub_uid(uid)
+        return uid, lock
+    raise RuntimeError(f"no unused sandbox user id left in {FRESH_UID_BASE}..{FRESH_UID_BASE + UID_SPAN - 1}")
+
+
+SHARED_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")
+
+
+def scrub_uid(uid: int, folders: tuple[str, ...] = SHARED_DIRS) -> list[str]:
+    """Delete what ``uid`` owns in the machine's shared writable folders (a kernel of the ``uid``
+    level writes there; the ``namespaces`` level has its own). Returns the paths removed."""
+    removed = []
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue
+        for dirpath, dirnames, filenames in os.walk(folder, topdown=True):
+            for name in [*filenames, *dirnames]:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if st.st_uid != uid:
+                    continue
+                if name in dirnames:
+                    dirnames.remove(name)
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        continue
+                removed.append(path)
+            if dirpath.count(os.sep) - folder.count(os.sep) >= 3:
+                dirnames.clear()  # deep trees of other users: not ours to walk
+    return removed
 
 
 def reap_uid(uid: int, wait_s: float = 30) -> None:

@@ -273,6 +273,43 @@ def _limit(spec: Spec) -> None:
         resource.setrlimit(kind, (value, value))
 
 
+# system calls that make state outliving the kernel or shared between user ids: the kernel keyrings
+# (add_key, request_key, keyctl) and System V / POSIX message-queue IPC (shmget, semget, msgget, mq_open)
+_DENIED_SYSCALLS = {"x86_64": (0xC000003E, (248, 249, 250, 29, 64, 68, 240)),
+                    "aarch64": (0xC00000B7, (217, 218, 219, 194, 190, 186, 180))}
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+
+
+def deny_shared_state() -> bool:
+    """Install a seccomp filter on this process (and all it starts) that answers ``EPERM`` to the
+    system calls that could leave state for the next hand-in or read another's: keyrings (not
+    namespaced; a key linked into a user keyring outlives the kernel) and System V / POSIX message
+    queue IPC. System calls of another ABI (32-bit or x32 on x86_64) are refused too. Needs
+    ``no_new_privs`` (set by :func:`_drop`). False on a machine it does not know."""
+    import platform
+    import struct
+    arch = _DENIED_SYSCALLS.get(platform.machine())
+    if arch is None or not sys.platform.startswith("linux"):
+        return False
+    audit_arch, numbers = arch
+    ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06
+    allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    n = len(numbers)
+    prog = [(ld, 0, 0, 4), (jeq, 0, n + 3, audit_arch), (ld, 0, 0, 0),
+            (jset, n + 1, 0, 0x40000000 if platform.machine() == "x86_64" else 0)]  # x32 calls: denied
+    prog += [(jeq, n - i, 0, nr) for i, nr in enumerate(numbers)]
+    prog += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
+    raw = b"".join(struct.pack("HBBI", *ins) for ins in prog)
+    buf = ctypes.create_string_buffer(raw)
+
+    class _Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = _Fprog(len(prog), ctypes.cast(buf, ctypes.c_void_p))
+    _check(_libc().prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "prctl(PR_SET_SECCOMP)")
+    return True
+
+
 def die_with_parent(parent: int | None = None) -> None:
     """SIGKILL this process when its parent dies. Changing user ids clears the setting, so call it
     again after :func:`_drop`; ``parent`` guards against a parent that died before this call."""
@@ -287,6 +324,7 @@ def _run_kernel(spec: Spec) -> None:
     _limit(spec)
     _drop(spec)
     die_with_parent(parent)
+    deny_shared_state()
     if spec.argv == ["--probe"]:  # can this user, in this sandbox, import what a kernel needs?
         os.chdir(spec.cwd)
         os.execve(sys.executable, [sys.executable, "-c", "import ipykernel.kernelapp, numpy"], spec.env)
