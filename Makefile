@@ -12,10 +12,11 @@ export PATH := $(abspath $(BIN)):$(PATH)
 BOOK_DIR ?= book
 BOOK_SRC := $(shell find $(BOOK_DIR) -maxdepth 1 -type f \( -name '*.md' -o -name '*.yml' -o -name '*.bib' -o -name '*.png' \)) \
             $(shell find $(BOOK_DIR)/_ext $(BOOK_DIR)/_assets -maxdepth 1 -type f 2>/dev/null) \
+            $(wildcard labs/*/*.ipynb) \
             $(shell find src/dlmi -name '*.py')
 LAB_SRC := $(shell find solutions autograder -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
-.PHONY: all venv assets data book labs check test bench bench-recipes clean
+.PHONY: all venv assets notebooks data book labs check test bench bench-recipes clean
 all: venv book labs
 
 venv: $(VENV)/.installed
@@ -43,6 +44,11 @@ $(VENDOR)/.copied: package.json package-lock.json
 	cp node_modules/requirejs/require.js $(VENDOR)/
 	cp node_modules/@jupyter-widgets/html-manager/dist/embed-amd.js node_modules/@jupyter-widgets/html-manager/dist/*.woff* $(VENDOR)/html-manager/
 	touch $@
+
+# Every chapter as a plain .ipynb in notebooks/ (committed: Colab opens only .ipynb from GitHub);
+# a test fails when they lag behind book/*.md.
+notebooks: $(VENV)/.installed
+	$(BIN)/python book/_ext/notebooks.py
 
 # Strict: any cell error or Sphinx warning fails the build; --all re-reads unchanged pages.
 book: $(BOOK_DIR)/_build/html/index.html

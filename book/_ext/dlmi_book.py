@@ -13,7 +13,9 @@
 """
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from sphinx.errors import ExtensionError
 ASSETS = Path(__file__).resolve().parents[1] / "_assets"
 VENDOR_FILES = ["vendor/mathjax/tex-chtml.js", "vendor/require.js", "vendor/html-manager/embed-amd.js"]
 NOTEBOOKS = "notebooks"   # generated .ipynb of every chapter, relative to the repository root
+LABS = "labs"             # student copies of the labs (labs/<lab>/<lab>.ipynb), ditto
 
 ENV_URLS = {
     "DLMI_REPOSITORY_URL": "repository_url",
@@ -46,12 +49,67 @@ def config_inited(app: Sphinx, config: Any) -> None:
         launch["jupyterhub_url"] = os.environ["DLMI_JUPYTERHUB_URL"].rstrip("/")
     if os.environ.get("DLMI_PAGES_URL"):
         config.html_baseurl = os.environ["DLMI_PAGES_URL"].rstrip("/") + "/"
+    # Pages name the repository through substitutions, never a placeholder.
+    url = theme.get("repository_url", "").rstrip("/")
+    config.myst_substitutions = {
+        **getattr(config, "myst_substitutions", {}),
+        "repository": f"<{url}>",
+        "pip_install": f'`!pip install -q "git+{url}"`',
+        "clone": f"```bash\ngit clone {url} dlmi && cd dlmi\n"
+                 "make        # .venv with pinned packages, the executed book, the labs\n"
+                 "make test   # the test suite\n```",
+    }
 
 
 def _repo(app: Sphinx) -> tuple[str, str]:
     theme = app.config.html_theme_options
     url = theme.get("repository_url", "").rstrip("/")
     return url, theme.get("repository_branch", "main")
+
+
+def copy_labs(srcdir: Path) -> None:
+    """Put each lab's student notebook in the book (``book/labs/<lab>.ipynb``, not committed):
+    the "Labs" part renders it without executing it."""
+    labs = Path(__file__).resolve().parents[2] / LABS
+    if not labs.is_dir():
+        return
+    target = srcdir / LABS
+    target.mkdir(exist_ok=True)
+    for nb in sorted(labs.glob("*/*.ipynb")):
+        if nb.stem == nb.parent.name:
+            dest = target / nb.name
+            text = consecutive_headings(nb.read_text())
+            if not dest.exists() or dest.read_text() != text:
+                dest.write_text(text)
+
+
+def consecutive_headings(text: str) -> str:
+    """The notebook with markdown headings that skip a level (# then ###) raised to the next
+    level, which a strict build would otherwise reject (myst.header)."""
+    nb = json.loads(text)
+    level = 0
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "markdown":
+            continue
+        lines = "".join(cell["source"]).split("\n")
+        fence = False
+        for i, line in enumerate(lines):
+            fence ^= line.lstrip().startswith("```")
+            m = re.match(r"(#{1,6}) ", line)
+            if m and not fence:
+                new = min(len(m.group(1)), level + 1)
+                lines[i] = "#" * new + line[len(m.group(1)):]
+                level = new
+        cell["source"] = "\n".join(lines)
+    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+
+
+def launch_path(pagename: str) -> tuple[str, str]:
+    """(path in the repository that launch buttons open, the same as a Colab-able .ipynb)."""
+    if pagename.startswith(f"{LABS}/"):
+        lab = pagename.split("/", 1)[1]
+        return f"{LABS}/{lab}/{lab}.ipynb", f"{LABS}/{lab}/{lab}.ipynb"
+    return f"book/{pagename}.md", f"{NOTEBOOKS}/{pagename}.ipynb"
 
 
 def page_context(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
@@ -64,15 +122,20 @@ def page_context(app: Sphinx, pagename: str, templatename: str, context: dict, d
     # Colab opens only .ipynb: point it at the generated notebook of this page.
     url, branch = _repo(app)
     colab = app.config.html_theme_options.get("launch_buttons", {}).get("colab_url", "").rstrip("/")
+    source, ipynb = launch_path(pagename)
     for group in context.get("header_buttons", []):
         for button in group.get("buttons", []) if isinstance(group, dict) else []:
             if button.get("text") == "Colab" and url.startswith("https://github.com/"):
                 slug = url.removeprefix("https://github.com/")
-                button["url"] = f"{colab}/github/{slug}/blob/{branch}/{NOTEBOOKS}/{pagename}.ipynb"
+                button["url"] = f"{colab}/github/{slug}/blob/{branch}/{ipynb}"
+            elif button.get("text") in ("Binder", "JupyterHub") and pagename.startswith(f"{LABS}/"):
+                # the page's own source (book/labs/...) is a build-time copy: open the lab itself
+                button["url"] = button["url"].replace(f"book/{pagename}.ipynb", source)
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
     os.environ["DLMI_STATIC_EXPLORERS"] = "1"
+    copy_labs(Path(app.srcdir))
     app.connect("config-inited", config_inited)
     app.connect("html-page-context", page_context, priority=900)
     app.add_css_file("dlmi.css")

@@ -1,0 +1,75 @@
+"""Notebooks for launch buttons: every chapter as a plain ``.ipynb`` (Colab opens only those).
+
+``python book/_ext/notebooks.py`` writes ``notebooks/<chapter>.ipynb`` from ``book/<chapter>.md``
+(jupytext, no outputs) with a first cell that installs the course library where it is missing
+(Colab). ``--check`` only says whether the committed notebooks are up to date (exit 1 if not).
+The repository URL comes from ``DLMI_REPOSITORY_URL`` or ``book/_config.yml``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOK = ROOT / "book"
+OUT = ROOT / "notebooks"
+
+SETUP = '''# Colab or a fresh Python: install the course library `dlmi` if it is missing.
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("dlmi") is None:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
+                           "git+{repo}"])'''
+
+
+def repository_url() -> str:
+    config = yaml.safe_load((BOOK / "_config.yml").read_text())
+    return (os.environ.get("DLMI_REPOSITORY_URL") or config["repository"]["url"]).rstrip("/")
+
+
+def chapters() -> list[str]:
+    """The book's pages that are notebooks (MyST markdown with code cells), in TOC order."""
+    toc = yaml.safe_load((BOOK / "_toc.yml").read_text())
+    names = [c["file"] for part in toc.get("parts", []) for c in part["chapters"]]
+    return [n for n in names if (BOOK / f"{n}.md").is_file()
+            and "{code-cell}" in (BOOK / f"{n}.md").read_text()]
+
+
+def notebook(name: str, repo: str) -> str:
+    nb = jupytext.read(BOOK / f"{name}.md")
+    nb.cells.insert(0, nbformat.v4.new_code_cell(SETUP.format(repo=repo)))
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"cell-{i}"
+        cell.metadata.pop("vscode", None)
+    nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                   "language_info": {"name": "python"}}
+    return nbformat.writes(nb) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    repo = repository_url()
+    stale = []
+    OUT.mkdir(exist_ok=True)
+    for name in chapters():
+        path = OUT / f"{name}.ipynb"
+        text = notebook(name, repo)
+        if not path.exists() or path.read_text() != text:
+            stale.append(path.relative_to(ROOT))
+            if not check:
+                path.write_text(text)
+    if check and stale:
+        print("stale (run `make notebooks`):", *stale)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
