@@ -104,6 +104,21 @@ def test_every_cited_key_is_in_the_bibliography():
         assert paper in keys
 
 
+def test_bibliography_is_complete_and_linked():
+    """Every entry is cited somewhere, every cited work is an entry, every entry has a DOI or URL."""
+    bib = (BOOK / "references.bib").read_text()
+    entries = dict(re.findall(r"@\w+\{(\w+),(.*?)\n\}", bib, re.S))
+    cited = set()
+    for page in BOOK.glob("*.md"):
+        for group in re.findall(r"\{cite[pt]?\}`([^`]+)`", page.read_text()):
+            cited |= {key.strip() for key in group.split(",")}
+    assert sorted(set(entries) - cited) == [], "entries never cited"
+    for key, body in entries.items():
+        assert re.search(r"^\s*(doi|url)\s*=", body, re.M), f"{key} has neither doi nor url"
+    for key in ["Zhang2017", "Selvaraju2017", "Jaderberg2015"]:   # DnCNN, Grad-CAM, STN
+        assert key in cited
+
+
 CODE_WIDTH = 80  # characters a code cell shows on a book page without a scroll bar
 
 

@@ -42,8 +42,11 @@ def chapters() -> list[str]:
             and "{code-cell}" in (BOOK / f"{n}.md").read_text()]
 
 
-def notebook(name: str, repo: str) -> str:
-    nb = jupytext.read(BOOK / f"{name}.md")
+def notebook(name: str, repo: str, text: str | None = None) -> str:
+    """The notebook of chapter ``name`` (from ``text`` when given, else from its file)."""
+    if text is None:
+        text = (BOOK / f"{name}.md").read_text()
+    nb = jupytext.reads(text, fmt="md:myst")
     nb.cells.insert(0, nbformat.v4.new_code_cell(SETUP.format(repo=repo)))
     for i, cell in enumerate(nb.cells):
         cell.id = f"cell-{i}"
