@@ -16,7 +16,7 @@ BOOK_SRC := $(shell find $(BOOK_DIR) -maxdepth 1 -type f \( -name '*.md' -o -nam
             $(shell find src/dlmi -name '*.py')
 LAB_SRC := $(shell find solutions autograder -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
-.PHONY: all venv assets notebooks data book labs check test bench bench-recipes clean
+.PHONY: all venv assets notebooks data rehearse book labs check test bench bench-recipes clean
 all: venv book labs
 
 venv: $(VENV)/.installed
@@ -30,6 +30,13 @@ $(VENV)/.installed: pyproject.toml
 # $DLMI_DATA_DIR (default ~/.medmnist); files already there are verified, not fetched again.
 data: venv
 	$(BIN)/dlmi-data fetch --book --labs
+
+# Not part of `make test`: the book built with DLMI_DATA=real against full-size FAKE files in
+# MedMNIST's format under $(REHEARSE_DIR) (never the real data root); prints each page's time
+# and the peak memory, to check a publish fits before it runs.
+REHEARSE_DIR ?= /tmp/dlmi-rehearse
+rehearse: venv
+	$(BIN)/dlmi-data rehearse --root $(REHEARSE_DIR) --book-dir $(BOOK_DIR)
 
 # Browser assets the site serves itself (no CDN) and the browser-test tools, from the exact
 # versions in package-lock.json; node_modules/ and book/_assets/vendor/ are not committed.

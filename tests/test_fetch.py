@@ -208,3 +208,14 @@ def test_publish_fetches_in_its_own_step_before_the_book_build():
         "the fetch must be its own step, before the book build"
     makefile = (repo / "Makefile").read_text()
     assert re.search(r"^data:.*\n\t.*dlmi-data fetch --book --labs", makefile, re.M)
+
+
+def test_fake_full_size_file_validates_but_never_passes_as_medmnist(tmp_path, data_dir):
+    path = fetch.write_fake(FLAG, tmp_path / "fake")
+    datasets._validate(path, FLAG)  # MedMNIST's exact format, real split sizes
+    assert fetch.md5sum(path) != INFO[FLAG]["MD5"]
+    assert fetch.verify(FLAG, root=tmp_path / "fake").startswith("MD5 ")
+    with pytest.raises(SystemExit):  # the rehearsal refuses to write into a real data root
+        fetch.main(["rehearse", "--root", str(data_dir)])
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    assert re.search(r"^rehearse:.*\n\t.*dlmi-data rehearse --root", makefile, re.M)

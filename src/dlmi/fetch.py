@@ -4,6 +4,7 @@
     dlmi-data fetch --book                    # every flag the book loads
     dlmi-data fetch --labs                    # every flag the labs load
     dlmi-data verify --book                   # only check files already there (no network)
+    dlmi-data rehearse --root /tmp/rehearse   # book at real size on FAKE files (make rehearse)
 
 Each file is downloaded by medmnist's own ``download()`` (its URL from ``medmnist.INFO``,
 torchvision's ``download_url`` with its tqdm progress bar) into a temporary folder inside the
@@ -180,6 +181,74 @@ def verify(flag: str, size: int = 28, root: str | os.PathLike | None = None) -> 
     return "ok"
 
 
+def write_fake(flag: str, root: str | os.PathLike, size: int = 28, seed: int = 0) -> Path:
+    """A full-size file in MedMNIST's exact format with FAKE content (class-dependent brightness
+    plus noise), for rehearsing a real-data build at real size. Its MD5 is not medmnist's, so
+    ``dlmi-data verify`` and ``fetch`` reject it; never write one into a real data root."""
+    import numpy as np
+
+    meta = INFO[flag]
+    multi, n_labels = meta["task"].startswith("multi-label"), len(meta["label"])
+    shape = (size, size) if meta["n_channels"] == 1 else (size, size, 3)
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in meta["n_samples"].items():
+        labels = ((rng.random((n, n_labels)) < 0.1) if multi
+                  else rng.integers(0, n_labels, (n, 1))).astype(np.uint8)
+        images = np.empty((n, *shape), np.uint8)
+        for a in range(0, n, 4096):
+            m = min(4096, n - a)
+            level = labels[a:a + m, 0].astype(np.int16).reshape((m,) + (1,) * len(shape))
+            noise = rng.integers(0, 48, (m, *shape), dtype=np.int16)
+            images[a:a + m] = (40 + 12 * level + noise).clip(0, 255).astype(np.uint8)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    folder = Path(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as tmp:
+        np.savez_compressed(tmp, **arrays)
+    target = folder / source(flag, size)[0]
+    os.replace(tmp.name, target)
+    return target
+
+
+def rehearse(root: Path, flags: list[str], book: str = "book") -> int:
+    """Build the book with ``DLMI_DATA=real`` against full-size fake files under ``root``;
+    print each page's execution time and the peak memory of the largest process."""
+    import re
+    import resource
+    import subprocess
+
+    data = root / "data"
+    for flag in flags:
+        path = data / source(flag)[0]
+        if not path.exists():
+            start = time.monotonic()
+            write_fake(flag, data)
+            print(f"{path.name}: FAKE full-size file, {_mb(path.stat().st_size)} in "
+                  f"{time.monotonic() - start:.1f} s", file=sys.stderr, flush=True)
+    env = {**os.environ, "DLMI_DATA": "real", "DLMI_DATA_DIR": str(data)}
+    command = [str(Path(sys.executable).with_name("jupyter-book")), "build", book, "--all", "-W",
+               "--keep-going", "--path-output", str(root / "site")]
+    print("rehearsal:", " ".join(command), file=sys.stderr, flush=True)
+    start, times = time.monotonic(), []
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, errors="replace") as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            found = re.search(r"/([^/\s]+)\.\w+: Executed notebook in ([\d.]+) seconds", line)
+            if found:
+                times.append((found.group(1), float(found.group(2))))
+    total = time.monotonic() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    print("\n| page | executed in (s) |\n|---|---:|")
+    for page, seconds in times:
+        print(f"| {page} | {seconds:.0f} |")
+    print(f"\nbuild: {total:.0f} s wall, rc {proc.returncode}; peak memory of the largest "
+          f"process (a kernel): {peak:.2f} GiB")
+    return proc.returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="dlmi-data", description="Fetch and verify MedMNIST files (MD5 from medmnist.INFO).")
@@ -195,7 +264,19 @@ def main(argv: list[str] | None = None) -> int:
         if command == "fetch":
             p.add_argument("--retries", type=int, help="attempts per file (default $DLMI_FETCH_RETRIES or 5)")
             p.add_argument("--backoff", type=float, help="first wait in s, doubled (default 5)")
+    p = sub.add_parser("rehearse", help="build the book against full-size FAKE files (make rehearse)",
+                       description="Write full-size files in MedMNIST's format with fake content "
+                       "under ROOT/data (never the real data root), build the book with "
+                       "DLMI_DATA=real against them, print per-page times and peak memory.")
+    p.add_argument("--root", required=True, help="a scratch folder, not a real data root")
+    p.add_argument("--book-dir", default="book")
     args = parser.parse_args(argv)
+    if args.command == "rehearse":
+        scratch = Path(args.root).expanduser().resolve()
+        real_roots = {data_root(None).resolve(), (Path.home() / ".medmnist").resolve()}
+        if scratch in real_roots or (scratch / "data") in real_roots:
+            parser.error(f"{scratch} is a real data root: fake files must live elsewhere")
+        return rehearse(scratch, list(dict.fromkeys(BOOK_FLAGS + LAB_FLAGS)), args.book_dir)
     flags = list(dict.fromkeys(args.flags + list(BOOK_FLAGS if args.book else ())
                                + list(LAB_FLAGS if args.labs else ())))
     if not flags:
