@@ -60,7 +60,7 @@ def nbgrader_config(root: Path) -> Config:
     c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
     c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
     c.GenerateAssignment.create_assignment = True
-    c.GenerateFeedback.preprocessors = ["autograder.feedback.HideHiddenTests",
+    c.GenerateFeedback.preprocessors = ["autograder.feedback.HideHiddenTests", "autograder.feedback.SanitizeHtml",
                                         "nbgrader.preprocessors.GetGrades",
                                         "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor"]
     c.Exchange.root = str(root / "results" / "exchange")

@@ -34,6 +34,15 @@ class HideHiddenTests(NbGraderPreprocessor):
         return cell, resources
 
 
+class SanitizeHtml(NbGraderPreprocessor):
+    """Clean every cell's HTML before the page is rendered (see :mod:`autograder.safehtml`): the
+    page-level cleaning is a second wall, and an unclosed element cannot swallow the rest."""
+
+    def preprocess(self, nb: NotebookNode, resources: ResourcesDict) -> tuple[NotebookNode, ResourcesDict]:
+        safehtml.sanitize_notebook(nb)
+        return nb, resources
+
+
 def _db_url(root: Path) -> str:
     return str(course.nbgrader_config(root).CourseDirectory.db_url)
 

@@ -209,7 +209,7 @@ def pick_notebook(folder: Path, lab: str, ids: set[str], blank: dict[str, str] |
     if use_answers and len(answered) > 1:
         others = ", ".join(repr(display_name(str(p.relative_to(folder)))) for p in answered if p != best)
         review = f"several answered notebooks: graded {picked!r}, not {others}"
-    elif use_answers and not look.answered and any(p != best for p in found):
+    elif use_answers and look.overlap and not look.answered:
         unreadable = any(not looks[p].readable for p in found)
         foreign = any(looks[p].readable and not looks[p].overlap for p in found if p != best)
         if unreadable or foreign:
@@ -310,7 +310,7 @@ def collect(folder: Path, lab: str, ids: set[str], scratch: Path, blank: dict[st
 
     Zips are unpacked under ``scratch``. ``blank`` (answer ``grade_id`` → blank source, see
     :func:`blank_answers`) lets the choice between several notebooks tell answered from blank.
-    ``log`` hears about skipped litter and notebook choices.
+    ``log`` hears about skipped litter (the choices are in each :class:`Submission`).
     """
     if not folder.is_dir():
         raise NotADirectoryError(f"submissions folder {folder} does not exist")
@@ -326,8 +326,6 @@ def collect(folder: Path, lab: str, ids: set[str], scratch: Path, blank: dict[st
             sub = Submission(student_id(entry.name, lab), display_name(entry.name),
                              problem=f"{display_name(entry.name)} could not be read "
                                      f"({plain_reason(err, folder, scratch)})")
-        if log and sub.choice:
-            log(f"{sub.student}: {sub.choice}" + (f" — REVIEW: {sub.review}" if sub.review else ""))
         subs.append(sub)
     counts: dict[str, int] = {}
     for sub in subs:  # ids are unique by construction; this guards against a hash collision

@@ -15,6 +15,7 @@ formgrader shows the graded notebooks, so both are cleaned here with an allow-li
 """
 from __future__ import annotations
 
+import html
 import re
 from typing import Any
 
@@ -54,8 +55,15 @@ def _allowed(tag: str, name: str, value: str) -> bool:
     return False
 
 
+# elements whose content a parser reads as raw text (or foreign content): an unclosed one would swallow
+# the rest of the page, so their tags are shown as text instead
+_RAW_TEXT = re.compile(r"<(?=\s*/?\s*(?:style|script|textarea|title|xmp|iframe|noembed|noframes|noscript|plaintext|"
+                       r"template|svg|math|select|option)\b)", re.I)
+
+
 def clean(fragment: str) -> str:
     """An HTML fragment with everything that could run or navigate removed (text kept, escaped)."""
+    fragment = _RAW_TEXT.sub("&lt;", fragment)
     return bleach.clean(fragment, tags=TAGS, attributes=_allowed, protocols={"http", "https", "mailto", "data"},
                         strip=True, strip_comments=True, css_sanitizer=_CSS)
 
@@ -72,7 +80,7 @@ def sanitize_page(page: str) -> str:
     styles = re.findall(r"<style[^>]*>(.*?)</style>", head, re.S | re.I)
     return ("<!DOCTYPE html>\n<html>\n<head>\n<meta charset=\"utf-8\">\n"
             f"<meta http-equiv=\"Content-Security-Policy\" content=\"{CSP}\">\n"
-            + (f"<title>{clean(title.group(1))}</title>\n" if title else "")
+            + (f"<title>{html.escape(html.unescape(re.sub('<[^>]*>', '', title.group(1))))}</title>\n" if title else "")
             + "".join(f"<style>{css}</style>\n" for css in styles)
             + f"</head>\n<body>\n{clean(body)}\n</body>\n</html>\n")
 
