@@ -5,7 +5,8 @@ before a hidden test asks for it, and its labels never leave the judge.
   real data is used (the labs never load it, and kernels never see it: :func:`kernel_copy`), else
   a fresh sample of the synthetic stand-in drawn with the course's secret seed (:func:`heldout_seed`).
 * :func:`split` — the same ``train``/``val`` data the student's notebook sees.
-* :func:`heldout_seed` — the course's secret: ``$DLMI_HELDOUT_SEED`` (a CI secret), else a random
+* :func:`heldout_seed` — the course's secret: ``$DLMI_HELDOUT_SEED`` (in CI a variable of the private
+  grading repository), else a random
   number kept in the git-ignored file ``.dlmi-heldout-secret`` (mode 0600) of the course root,
   made on the first grading run. No graded run uses a seed written in the repository.
 """
@@ -44,6 +45,10 @@ def heldout_seed(root: str | os.PathLike | None = None) -> int:
         from .course import course_root
         root = course_root()
     path = Path(root) / SECRET_FILE
+    if os.environ.get("CI") and not path.exists():
+        print(f"WARNING: ${SEED_ENV} is not set on this CI runner: this run makes its own held-out secret, so "
+              "shards or re-runs graded elsewhere draw other held-out sets; set the grading repository's "
+              f"variable {SEED_ENV} (see README)", file=sys.stderr)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -52,7 +57,8 @@ def heldout_seed(root: str | os.PathLike | None = None) -> int:
         with os.fdopen(fd, "w") as fh:
             fh.write(f"{secrets.randbits(62)}\n")
         print(f"made the course's held-out secret {path} (mode 0600, git-ignored): keep it, or set "
-              f"${SEED_ENV} to the same value on every machine that grades (CI: a repository secret)",
+              f"${SEED_ENV} to the same value on every machine that grades (CI: a variable of the private "
+              "grading repository)",
               file=sys.stderr)
     if path.stat().st_mode & 0o077:
         os.chmod(path, 0o600)

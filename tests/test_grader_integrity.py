@@ -91,13 +91,15 @@ def build_cases(folder: Path) -> dict[str, dict]:
     nb = copy.deepcopy(src)  # a wrong conv2d plus every assertion helper patched
     _answer(nb, "conv2d", WRONG_CONV)
     _insert_after(nb, "setup", TAMPER)
-    put("monkeypatch", nb, score=FULL - 8, failed={"test_conv2d", "test_conv2d_hidden"})
+    # patching library functions is tampering: held for review, the score (without the patches' help) kept
+    put("monkeypatch", nb, status="review: tampering?", kept=FULL - 8)
 
     nb = copy.deepcopy(src)  # hooks that print every cell the kernel runs, trying to leak hidden tests
     _insert_after(nb, "setup", "ip = get_ipython()\n"
                   "ip.events.register('pre_run_cell', lambda info: print('CELL>>', info.raw_cell))\n"
                   "ip.events.register('post_run_cell', lambda r: print('IN>>', ip.user_ns.get('In', [])[-1:]))")
-    put("hook_leak", nb, score=FULL, no_output=["BEGIN HIDDEN", "grader.forbid", "cases = {"], output_has="CELL>>")
+    put("hook_leak", nb, status="review: tampering?", kept=FULL, no_output=["BEGIN HIDDEN", "grader.forbid",
+                                                                         "cases = {"], output_has="CELL>>")
 
     nb = copy.deepcopy(src)  # reads and writes it must not be able to do
     probe = f'''
@@ -163,7 +165,8 @@ print("ESCAPES:", found, "uid", os.getuid())
     nb = copy.deepcopy(src)  # the torch function instead of one's own
     _answer(nb, "conv2d", "def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):\n"
                           "    return F.conv2d(x, weight, bias, stride, padding, dilation)")
-    put("uses_torch_conv", nb, score=FULL - 6, failed={"test_conv2d_hidden"}, message_has="from scratch")
+    # banned for the whole run (lab metadata): the visible test fails too, with the ban's message
+    put("uses_torch_conv", nb, score=FULL - 8, failed={"test_conv2d", "test_conv2d_hidden"}, message_has="from scratch")
 
     blank = ROOT / "labs" / LAB / f"{LAB}.ipynb"
     nb = nbformat.read(blank, as_version=4)  # only part 1 answered
@@ -225,20 +228,37 @@ def _case_ids() -> list[str]:
         return sorted(build_cases(Path(tmp)))
 
 
+@functools.lru_cache(maxsize=None)
+def _default_level() -> str:
+    """The level the grader picks here by itself: namespaces as root, none without root."""
+    return sandbox.default_level()[0]
+
+
 @pytest.mark.parametrize("name", _case_ids())
 def test_case_graded_as_expected(graded: tuple[dict[str, dict], dict[str, dict], Path], name: str) -> None:
     cases, results, base = graded
-    if name == "escape" and os.geteuid() != 0:
-        pytest.skip("the sandbox needs root; without it the grader runs kernels with limits only (and says so)")
     student = name
     assert student in results, f"no result for {name}; got {sorted(results)}"
     res, expect = results[student], cases[name]
+    # root: every hand-in runs in the namespace sandbox, and the escape probe finds nothing. Without
+    # root (or where a container refuses namespaces) the grader falls back to a weaker level and warns:
+    # the same probe then reaches the course's files — stated here rather than skipped, so the
+    # difference stays visible.
+    level = _default_level()
+    assert level == "none" or os.geteuid() == 0, level  # without root nothing stronger is allowed
+    assert res.get("isolation") == level or "status" in expect, (res.get("isolation"), level)
+    if name == "escape" and level != "namespaces":
+        expect = {**expect, "output_has": f"ESCAPES: [{str(ROOT / 'solutions')!r}"}
     if "status" in expect:
         assert res["status"].startswith(expect["status"]), res["status"]  # a str or a tuple of prefixes
         assert res["score"] is None, "a failed submission must have no score, not 0"
-        return
-    assert res["status"] == "graded", res["status"]
-    assert res["score"] == expect["score"], [(t["grade_id"], t["message"]) for t in res["tests"] if not t["passed"]]
+        if "kept" not in expect:
+            return
+        assert res["integrity"]["score"] == expect["kept"], res["integrity"]  # held for review, score kept
+    else:
+        assert res["status"] == "graded", res["status"]
+        assert res["score"] == expect["score"], [(t["grade_id"], t["message"]) for t in res["tests"]
+                                                 if not t["passed"]]
     assert res["max_score"] == FULL
     if "failed" in expect:
         assert {t["grade_id"] for t in res["tests"] if not t["passed"]} == expect["failed"]
