@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -265,3 +266,30 @@ def test_uint8_tensors_match_float_ones(data_dir, offline):
     assert torch.equal(datasets.to_float(xu), x) and torch.equal(y, yu)
     with pytest.raises(ValueError, match="dtype"):
         dlmi.load_medmnist_tensors("dermamnist", "val", mode="synthetic", dtype=torch.float16)
+
+
+BOOK = Path(__file__).resolve().parents[1] / "book"
+
+
+def test_book_keeps_no_float_copy_of_a_whole_large_train_split():
+    """At real size PathMNIST's train split is 807 MiB as float32 (203 MiB as uint8): chapters
+    load it as uint8 and convert only the subset they train on."""
+    calls = []
+    for page in sorted(BOOK.glob("*.md")):
+        text = page.read_text()
+        for match in re.finditer(r"load_medmnist_tensors\(([^)]*)\)", text):
+            args = match.group(1)
+            if re.search(r"\"pathmnist\"|FLAG", args) and "\"train\"" in args:
+                calls.append(page.name)
+                assert "dtype=torch.uint8" in args, f"{page.name}: {match.group(0)}"
+    assert calls, "the book loads PathMNIST's train split somewhere"
+
+
+def test_no_sentence_claims_how_the_book_was_built():
+    """Published pages are built online with real data: no page may state that the book is
+    built offline (a condition such as "when this book is built offline" is fine)."""
+    claim = re.compile(r"(?<!when )\bthis\s+book\s+is\s+built\s+offline", re.I)
+    assert claim.search("This\nbook is built offline, so the code below"), "the check can fail"
+    assert not claim.search("(as when this book is built offline)")
+    for page in sorted(BOOK.glob("*.md")):
+        assert not claim.search(page.read_text()), page.name
