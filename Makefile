@@ -16,7 +16,7 @@ BOOK_SRC := $(shell find $(BOOK_DIR) -maxdepth 1 -type f \( -name '*.md' -o -nam
             $(shell find src/dlmi -name '*.py')
 LAB_SRC := $(shell find solutions autograder -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
-.PHONY: all venv assets notebooks data rehearse book labs check test bench bench-recipes clean
+.PHONY: all venv assets notebooks data rehearse book labs check test test-grader bench bench-gpu bench-recipes clean
 all: venv book labs
 
 venv: $(VENV)/.installed
@@ -71,11 +71,28 @@ labs/.released: $(VENV)/.installed $(LAB_SRC)
 check: labs
 	$(BIN)/dlmi-grader check --all
 
+# In parallel: one pytest worker per core; tests that share an expensive fixture (a graded class)
+# stay on one worker (tests/conftest.py). TEST_JOBS=0 runs them one after the other.
+TEST_JOBS ?= auto
 test: book labs
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup
+
+# The tests whose expectations depend on privilege (sandbox levels, scratch, integrity, workflow),
+# alone: CI runs them again as root (`sudo -E make test-grader`) after `make test` as its user,
+# and .ci/run again as an unprivileged user. No prerequisites, so nothing is rebuilt as root.
+GRADER_TESTS := tests/test_grader_levels.py tests/test_grader_scratch.py tests/test_grader_integrity.py \
+                tests/test_grader_workflow.py
+test-grader:
+	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup -p no:cacheprovider $(GRADER_TESTS)
+
 
 bench: labs
 	$(BIN)/python autograder/benchmark.py
+
+# GPU mode: hand-ins per minute of lab 3 with 1, 2, 4, 8, 16 kernels sharing each GPU.
+bench-gpu: labs
+	$(BIN)/python autograder/benchmark.py --device cuda --labs lab03-cnn-classifier -k 32 --per-gpu 1 2 4 8 16
+
 
 # The reference training recipe on one MedMNIST flag per task type (real data when present).
 bench-recipes: venv

@@ -17,6 +17,11 @@ For each lab, K copies of the reference solution are graded twice:
 Both wall times include start-up. Prints submissions/minute, the ratio and the machine's load
 average (other work on the machine slows both, the parallel grader more); ``--json`` saves them.
 Usage: ``python autograder/benchmark.py [--labs LAB ...] [-k K] [--workers N] [--device cpu]``.
+
+**GPU mode** (``--per-gpu 1 2 4 8``, ``make bench-gpu``): ours only, K copies graded once for each
+number of kernels per GPU (``--workers`` = that × the GPUs), printing hand-ins per minute, the
+GPU plan the grader chose by itself for comparison, and whether every copy got full marks (a
+kernel over its GPU memory cap fails alone, and shows up here as fewer full marks).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import nbformat
 
@@ -136,15 +142,58 @@ def run_plain(lab: course.Lab, k: int, tmp: Path, device: str) -> dict:
     return {"wall_s": wall, "full_marks": full, "completed": done}
 
 
-def main() -> None:
+def gpu_sweep(lab: course.Lab, k: int, per_gpu: list[int], gpus: int, device: str,
+              run: Callable[..., dict] = run_ours) -> list[dict]:
+    """Grade ``k`` copies once per entry of ``per_gpu`` (kernels per GPU); one row each."""
+    rows = []
+    for n in per_gpu:
+        with tempfile.TemporaryDirectory(prefix="dlmi-bench-") as tmp:
+            ours = run(lab, k, Path(tmp), n * max(gpus, 1), device)
+        rows.append({"lab": lab.name, "k": k, "device": device, "per_gpu": n, "workers": n * max(gpus, 1),
+                     "gpus": gpus, "wall_s": ours["wall_s"], "per_min": 60 * k / ours["wall_s"],
+                     "full_marks": ours["full_marks"], "per_submission_s": ours["per_submission_s"],
+                     "load_average": os.getloadavg()[0], "cores": os.cpu_count()})
+    return rows
+
+
+def sweep_table(rows: list[dict]) -> str:
+    lines = ["| lab | K | device | GPUs | kernels/GPU | workers | wall s | hand-ins/min | full marks | "
+             "median s/hand-in | load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['lab']} | {r['k']} | {r['device']} | {r['gpus']} | {r['per_gpu']} | {r['workers']} | "
+              f"{r['wall_s']:.1f} | {r['per_min']:.1f} | {r['full_marks']}/{r['k']} | {r['per_submission_s']:.1f} | "
+              f"{r['load_average']:.1f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--labs", nargs="+", default=["lab02-convolution", "lab03-cnn-classifier"])
     ap.add_argument("-k", type=int, default=6, help="copies of each solution (default 6)")
-    ap.add_argument("--workers", type=int, help="our workers (default: cores, or one per GPU)")
+    ap.add_argument("--workers", type=int, help="our workers (default: cores; on CUDA the grader's GPU plan)")
     ap.add_argument("--device", default=os.environ.get("DLMI_DEVICE") or "cpu")
+    ap.add_argument("--per-gpu", type=int, nargs="+", metavar="N",
+                    help="GPU mode: hand-ins per minute of ours alone for N kernels per GPU (e.g. 1 2 4 8); "
+                    "on --device cpu, N workers")
     ap.add_argument("--json", help="also write the numbers to this file")
-    args = ap.parse_args()
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     course.nbgrader_ready()
+    if args.per_gpu:
+        gpus = len(grade.detect_gpus()) if args.device == "cuda" else 0
+        if args.device == "cuda":
+            plan = grade.plan_gpu_slots([course.load_lab(n, ROOT).settings for n in args.labs])
+            print(f"the grader's own plan here: {plan.describe()}", flush=True)
+        rows = []
+        for name in args.labs:
+            rows += gpu_sweep(course.load_lab(name, ROOT), args.k, args.per_gpu, gpus, args.device)
+            print(sweep_table(rows[-len(args.per_gpu):]), flush=True)
+        print("\n" + sweep_table(rows))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        return
     rows = []
     for name in args.labs:
         lab = course.load_lab(name, ROOT)

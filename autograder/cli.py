@@ -24,9 +24,15 @@ def _lab_list(args: argparse.Namespace, root: Path) -> list[str]:
     return names
 
 
-def _options(args: argparse.Namespace) -> grade.Options:
+def _options(args: argparse.Namespace, settings: list[dict] | None = None) -> grade.Options:
     device, gpus = grade.resolve_device(args.device)
-    workers = args.workers or (len(gpus) if device == "cuda" else os.cpu_count() or 1)
+    plan = grade.plan_gpu_slots(settings or [], args.workers) if device == "cuda" else None
+    workers = plan.workers if plan else args.workers or os.cpu_count() or 1
+    if plan:
+        print(f"GPU plan: {plan.describe()}" + "".join(f"\n  {n}" for n in plan.notes), file=sys.stderr)
+    if args.isolation and (problem := sandbox.privilege_problem(args.isolation)):
+        raise SystemExit(f"dlmi-grader: --isolation {args.isolation} is refused: {problem}; run as root, or pick "
+                         "--isolation none (limits only), or leave it out for the strongest level allowed")
     level, refused = (args.isolation, []) if args.isolation else sandbox.default_level()
     if level != "namespaces":
         print(f"WARNING: isolation level {level!r}: student code is NOT sandboxed from this machine's files"
@@ -35,6 +41,7 @@ def _options(args: argparse.Namespace) -> grade.Options:
     if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     return grade.Options(device=device, workers=workers, level=level, gpus=gpus,
+                         gpu_memory_mb=plan.gpu_memory_mb if plan else None,
                          results=Path(args.results).resolve() if getattr(args, "results", None) else None,
                          timeout_s=args.timeout, cell_timeout_s=args.cell_timeout, memory_mb=args.memory,
                          output_mb=args.output_mb)
@@ -51,7 +58,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 def cmd_grade(args: argparse.Namespace) -> int:
     root = _root(args)
     lab = course.load_lab(args.lab, root)
-    options = _options(args)
+    options = _options(args, [lab.settings])
     base = grade.results_dir(root, options)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dlmi-intake-") as tmp:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prove the grader's GPU path in one run: grade lab02's and lab03's reference solutions and lab02's
-# blank release with DLMI_DEVICE=cuda, and print the timings.
+# blank release with DLMI_DEVICE=cuda, and print the timings; then (unless SWEEP=0) the per-GPU
+# sweep of `make bench-gpu`: hand-ins per minute of lab03 with 1, 2, 4, 8 kernels sharing a GPU.
 #
 # The GPU image has torch, torchvision, scikit-learn, psutil — but no jupyter, ipykernel, nbgrader,
 # medmnist or pydicom. Prepare the missing wheels on a machine with network, from the repo root:
@@ -48,3 +49,10 @@ for path in sorted(base.glob("lab*/*.json")):
           f"isolation={r['isolation']} runtime={r['runtime_s']} s (kernel start {t.get('start_s')} s, "
           f"cells {t.get('cells_s')} s, tests {t.get('tests_s')} s)")
 PY
+
+if [ "${SWEEP:-1}" != 0 ]; then
+  python3 -c "from autograder import grade; print('GPU plan for lab03:', grade.plan_gpu_slots([grade.course.load_lab(\
+'lab03-cnn-classifier', grade.course.course_root(None)).settings]).describe())"
+  python3 autograder/benchmark.py --device cuda --labs lab03-cnn-classifier -k "${SWEEP_K:-16}" \
+      --per-gpu ${SWEEP_PER_GPU:-1 2 4 8} --json "$out/sweep.json" 2>&1 | tee "$out/sweep.log"
+fi

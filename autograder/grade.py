@@ -27,7 +27,9 @@ import psutil
 from nbformat import NotebookNode
 from nbformat.v4 import new_output
 
-from . import audit, course, data, notebook
+from . import audit, course, data, notebook, slots
+from .scratch import SCRATCH_ENV, uid_lock_dir  # noqa: F401 — SCRATCH_ENV for callers
+from .scratch import base as _scratch_base
 from .judge import judge_test
 from .kernel import (KernelSession, Limits, SubmissionFailure, claim_fresh_uid, claim_uid, gpu_devices,  # noqa: F401
                      readonly_paths, slot_env)
@@ -51,6 +53,7 @@ class Options:
     memory_mb: int | None = None
     output_mb: float = 4
     gpus: list[str] = field(default_factory=list)
+    gpu_memory_mb: int | None = None     # each kernel's GPU memory cap on CUDA (see autograder.slots)
 
 
 @dataclass
@@ -77,13 +80,7 @@ class LabPack:
 # ---------------------------------------------------------------------------- device and data
 def detect_gpus() -> list[str]:
     """GPUs to grade on: ``$CUDA_VISIBLE_DEVICES`` if set, else those ``nvidia-smi`` lists."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
-    if shutil.which("nvidia-smi") is None:
-        return []
-    out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
-    return [str(i) for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
+    return [g.id for g in slots.inventory()]
 
 
 def resolve_device(device: str) -> tuple[str, list[str]]:
@@ -97,6 +94,15 @@ def resolve_device(device: str) -> tuple[str, list[str]]:
     if device not in ("cpu", "cuda"):
         raise ValueError(f"--device must be cpu, cuda or auto, not {device!r}")
     return device, gpus
+
+
+def plan_gpu_slots(settings: list[dict], workers: int | None = None,
+                   gpus: list[slots.GPU] | None = None, cpus: int | None = None) -> slots.Plan:
+    """Kernels per GPU for grading these labs on CUDA and each kernel's GPU memory cap (from the
+    GPUs' free memory, the labs' ``gpu_memory_mb``, CPU cores and host memory); ``workers`` overrides."""
+    return slots.plan(slots.inventory() if gpus is None else gpus, slots.lab_budget_mb(settings),
+                      cpus or os.cpu_count() or 1, workers, slots.host_memory_mb(),
+                      max([int(s.get("memory_mb", 0)) for s in settings] or [0]))
 
 
 def prepare_data(settings: dict, root: Path | None = None) -> tuple[dict[str, str], list[str]]:
@@ -202,11 +208,12 @@ def grade_job(job: Job, pack: LabPack) -> dict[str, Any]:
         notebook.identify(student, job.lab, {**_worker["ids"], job.lab: pack.ids}, path.name)
         graded, result["notes"] = notebook.rebuild(student, source, nbformat.from_dict(pack.blank))
         limits = lab_limits(pack.settings, options)
-        env = {**slot_env(slot, options.device, options.gpus), **pack.settings.get("_env", {})}
+        env = {**slot_env(slot, options.device, options.gpus, options.gpu_memory_mb),
+               **pack.settings.get("_env", {})}
         workdir = Path(tempfile.mkdtemp(prefix=f"run{os.getppid()}-g{slot}-", dir=_scratch_base()))
         files = {f"{job.lab}.ipynb": path, **{k: Path(v) for k, v in pack.files.items()}}
         # a user id of its own, never used before in this run: nothing a hand-in leaves reaches the next
-        uid, uid_lock = claim_fresh_uid(Path(_scratch_base()), Path(_scratch_base()) / f"run{os.getppid()}-uids")
+        uid, uid_lock = claim_fresh_uid(uid_lock_dir(), Path(_scratch_base()) / f"run{os.getppid()}-uids")
         result["uid"] = uid
         with uid_lock, KernelSession(workdir, _worker["zygote"], uid=uid, limits=limits, level=options.level, env=env,
                            ro=readonly_paths(pack.settings.get("_ro", []), _worker["root"]),
@@ -273,27 +280,14 @@ def _execute(session: KernelSession, nb: NotebookNode, result: dict[str, Any], c
         run = session.execute(cell.source, where)
         result["timing"]["cells_s"] = round(result["timing"]["cells_s"] + time.monotonic() - t0, 2)
         cell.outputs, cell.execution_count = run.outputs, count
+        if run.error and session.extra_env.get("DLMI_GPU_MEMORY_MB") and \
+                slots.is_gpu_memory_error(run.error["ename"], run.error["evalue"]):
+            raise SubmissionFailure("failed", f"GPU memory limit: {where} needed more than this hand-in's "
+                                    f"{session.extra_env['DLMI_GPU_MEMORY_MB']} MB of GPU memory (the lab's "
+                                    "gpu_memory_mb; several hand-ins share a GPU)")
         if run.error and run.error["ename"] == "SystemExit":
             raise SubmissionFailure("failed", f"{where} called sys.exit() ({run.error['evalue'] or 'no code'}); "
                                     "a notebook must run to its end — remove the call")
-
-
-def _remove_stale(base: Path) -> None:
-    """Delete what graders that were killed left in ``base`` (their process no longer exists)."""
-    for path in base.iterdir():
-        match = re.match(r"(?:zygote-|run)(\d+)", path.name)
-        if not match or psutil.pid_exists(int(match[1])):
-            continue
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-
-
-def _scratch_base() -> str:
-    base = Path(tempfile.gettempdir()) / "dlmi-grader"
-    base.mkdir(mode=0o711, exist_ok=True)
-    return str(base)
 
 
 # ---------------------------------------------------------------------------- many submissions
@@ -376,7 +370,8 @@ class Pool:
             slots.put(i)
         preload = list(dict.fromkeys(m for lab in labs for m in lab.settings.get("preload", [])))
         base = Path(_scratch_base())
-        _remove_stale(base)
+        if options.level == "uid":  # kernels run as other users on this file system: let them pass through
+            os.chmod(base, 0o711)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(base), "LANG": "C.UTF-8",
                **{k: v for k, v in os.environ.items() if k.startswith(("OMP_", "MKL_", "DLMI_")) or k == "PYTHONPATH"}}
         sock = base / f"zygote-{os.getpid()}.sock"

@@ -73,11 +73,15 @@ class ExecResult:
     bridge: list[dict[str, Any]] = field(default_factory=list)
 
 
-def slot_env(slot: int, device: str, gpus: list[str]) -> dict[str, str]:
-    """Device variables for grading slot ``slot``: one GPU per slot on CUDA, else the CPU."""
+def slot_env(slot: int, device: str, gpus: list[str], gpu_memory_mb: int | None = None) -> dict[str, str]:
+    """Device variables for grading slot ``slot``: on CUDA slot ``i`` sees GPU ``gpus[i % len(gpus)]``
+    only (several slots share a GPU), its GPU memory capped at ``gpu_memory_mb`` (see
+    :mod:`autograder.slots`); else the CPU."""
     env = {"DLMI_DEVICE": "cuda" if device == "cuda" else "cpu"}
     if device == "cuda":
         env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)] if gpus else "0"
+        if gpu_memory_mb is not None:
+            env["DLMI_GPU_MEMORY_MB"] = str(int(gpu_memory_mb))
     else:
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env

@@ -64,13 +64,26 @@ class Spec:
     nofile: int = 1024                                # open files
 
 
-def probe(level: str) -> str | None:
-    """Start an empty sandbox at ``level`` the way a kernel would be started; None if it works,
-    else what went wrong (e.g. a container that forbids mounts)."""
+def privilege_problem(level: str) -> str | None:
+    """Why this process may not use ``level`` at all (None if its privileges allow it): the ``uid``
+    and ``namespaces`` levels switch user ids and mount file systems, which only root can do."""
     if level == "none":
         return None
-    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
-        return "needs root on Linux"
+    if not sys.platform.startswith("linux"):
+        return f"needs root on Linux (this is {sys.platform})"
+    if os.geteuid() != 0:
+        return f"needs root on Linux (this grader runs as uid {os.geteuid()})"
+    return None
+
+
+def probe(level: str) -> str | None:
+    """Start an empty sandbox at ``level`` the way a kernel would be started; None if it works,
+    else what went wrong (e.g. a container that forbids mounts, or no root: see
+    :func:`privilege_problem`)."""
+    if level == "none":
+        return None
+    if problem := privilege_problem(level):
+        return problem
     out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--probe", level], capture_output=True,
                          text=True, timeout=120)
     return None if out.returncode == 0 else (out.stdout + out.stderr).strip()[-500:] or f"exit {out.returncode}"
@@ -333,9 +346,26 @@ def _run_kernel(spec: Spec) -> None:
     os.chdir(spec.cwd)
     if "torch" in sys.modules and spec.env.get("OMP_NUM_THREADS", "").isdigit():
         sys.modules["torch"].set_num_threads(int(spec.env["OMP_NUM_THREADS"]))
+    cap_gpu_memory(spec.env.get("DLMI_GPU_MEMORY_MB", ""))
     sys.argv = ["ipykernel_launcher", *spec.argv]
     from ipykernel import kernelapp
     kernelapp.launch_new_instance()
+
+
+def cap_gpu_memory(mb: str) -> float | None:
+    """Cap this process's CUDA memory at ``mb`` MiB before any student code runs (several kernels share
+    a GPU); return the fraction of the GPU set, or None where there is no cap or no GPU. The CUDA
+    context starts here, inside the sandbox, with only the slot's GPU visible. Like everything set
+    inside the kernel, a hostile hand-in could lift it: it keeps honest mistakes from harming
+    neighbours, it is not a security boundary."""
+    if not mb.isdigit() or "torch" not in sys.modules:
+        return None
+    cuda = sys.modules["torch"].cuda
+    if not cuda.is_available():
+        return None  # the hand-in's own `.to("cuda")` will say why
+    fraction = min(1.0, int(mb) * 2**20 / cuda.get_device_properties(0).total_memory)
+    cuda.set_per_process_memory_fraction(fraction, 0)
+    return fraction
 
 
 def _reap(child: int) -> int:

@@ -6,6 +6,7 @@ real command line (sandbox, limits, judge), and every case must come out as stat
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import subprocess
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+
+from autograder import sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = "lab02-convolution"
@@ -106,7 +109,7 @@ def build_cases(folder: Path) -> dict[str, dict]:
 import glob, os, socket
 found = [p for p in [{str(ROOT / "solutions")!r}, {str(ROOT / "gradebook.db")!r}, {str(ROOT / "Makefile")!r},
                      {str(SOURCE)!r}, "/root/.bashrc", "SUBMISSIONS"] if os.path.exists(p)]
-found += [p for p in glob.glob("/tmp/dlmi-grader/*") if not os.getcwd().startswith(p + "/")]
+found += [p for p in glob.glob("/tmp/dlmi-grader*/*") if not os.getcwd().startswith(p + "/")]
 found += [p for p in glob.glob("/tmp/**/*.ipynb", recursive=True) if not p.startswith(os.getcwd())]
 for path in [{str(ROOT / "gradebook.db")!r}, {str(ROOT / "results" / "owned.txt")!r}, "/usr/owned.txt"]:
     try:
