@@ -240,7 +240,8 @@ def _default_level() -> str:
 @pytest.mark.parametrize("name", _case_ids())
 def test_case_graded_as_expected(graded: tuple[dict[str, dict], dict[str, dict], Path], name: str) -> None:
     cases, results, base = graded
-    student = name
+    # a folder's, a zip's or a repository's hand-in is named with a short hash after its name
+    student = next((s for s in results if s == name or s.startswith(f"{name}~")), name)
     assert student in results, f"no result for {name}; got {sorted(results)}"
     res, expect = results[student], cases[name]
     # root: every hand-in runs in the namespace sandbox, and the escape probe finds nothing. Without
