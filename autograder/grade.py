@@ -11,13 +11,16 @@ import csv
 import importlib
 import multiprocessing as mp
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -377,8 +380,11 @@ class Pool:
         sock = base / f"zygote-{os.getpid()}.sock"
         self.zygote = Zygote([*PRELOAD, *preload], env, base / f"zygote-{os.getpid()}.log", sock)
         ids = {name: notebook.lab_ids(course.load_lab(name, root).source) for name in course.lab_names(root)}
-        self.executor = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                            initargs=(slots, options, str(root), preload, ids, str(sock)))
+        initargs = (slots, options, str(root), preload, ids, str(sock))
+        self._slots, self._grade = slots, grade_job
+        self._make_executor = lambda: ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                                          initargs=initargs)
+        self.executor = self._make_executor()
         self._warm = [self.executor.submit(_warm) for _ in range(self.workers)]
 
     def run(self, jobs: list[Job], packs: dict[str, LabPack],
@@ -402,16 +408,73 @@ class Pool:
         if not todo:
             return results
         self.zygote.wait_ready()
-        futures = {self.executor.submit(grade_job, job, packs[job.lab]): job for job in todo}
-        for future in as_completed(futures):
-            job = futures[future]
-            try:
-                res = future.result()
-            except Exception as err:  # a grader bug or a dead worker: say so, never a score
-                res = failed_result(job, packs[job.lab], f"failed: grader error ({type(err).__name__}) while "
-                                    f"grading {notebook.display_name(job.origin)}", self.options)
-            land(res)
+        self._grade_all(todo, packs, land)
         return results
+
+    def _grade_all(self, todo: list[Job], packs: dict[str, LabPack], land: Callable[[dict[str, Any]], None]) -> None:
+        """At most one job per worker in flight. A worker that dies (the pool breaks) costs no other
+        hand-in: the jobs that were running are retried one at a time in a fresh pool, so the one that
+        kills its worker again is identified and fails alone; the others are graded."""
+        waiting, suspects = deque(todo), deque()
+        running: dict[Any, tuple[Job, bool]] = {}
+        graded = died_alone = 0
+        while waiting or suspects or running:
+            if died_alone >= 3 and not graded:  # every worker dies, whatever it grades: the grader is broken
+                for job in [*suspects, *waiting]:
+                    land(failed_result(job, packs[job.lab], "failed: grader error (its worker processes die at "
+                                       "start; see the log)", self.options))
+                return
+            alone = bool(suspects)
+            while (alone and suspects and not running) or (not alone and waiting and len(running) < self.workers):
+                job = suspects.popleft() if alone else waiting.popleft()
+                try:
+                    running[self.executor.submit(self._grade, job, packs[job.lab])] = (job, alone)
+                except BrokenProcessPool:  # a worker died while idle
+                    (suspects if alone else waiting).appendleft(job)
+                    break
+            if not running:
+                self._restart()
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            broken = False
+            for future in done:
+                job, was_alone = running.pop(future)
+                try:
+                    res = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    if was_alone:
+                        died_alone += 1
+                        land(failed_result(job, packs[job.lab], "failed: the grader's process died while grading "
+                                           "this hand-in (it was retried alone); ask your instructor", self.options))
+                    else:
+                        suspects.append(job)
+                    continue
+                except Exception as err:  # noqa: BLE001 — a grader bug: this hand-in's failure, never a score
+                    res = failed_result(job, packs[job.lab], f"failed: grader error ({type(err).__name__}) while "
+                                        f"grading {notebook.display_name(job.origin)}", self.options)
+                graded += 1
+                land(res)
+            if broken:
+                for future, (job, _) in running.items():  # the rest of the broken pool: retried alone
+                    if future.done() and not future.cancelled() and future.exception() is None:
+                        land(future.result())
+                    else:
+                        suspects.append(job)
+                running.clear()
+                self._restart()
+
+    def _restart(self) -> None:
+        """A fresh pool after a worker died: the broken one is shut down, every slot handed out again."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        try:
+            while True:
+                self._slots.get_nowait()
+        except queue.Empty:
+            pass
+        for i in range(self.workers):
+            self._slots.put(i)
+        self.executor = self._make_executor()
 
     def __enter__(self) -> "Pool":
         return self

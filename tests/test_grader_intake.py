@@ -364,6 +364,37 @@ def test_merge_is_exactly_the_union_of_the_shards(tmp_path: Path, lab: course.La
         assert sorted(s.student.id for s in gb.assignment_submissions(LAB)) == ["ann", "cy", "dan"]
 
 
+# ------------------------------------------------------------------------ a worker that dies
+def _stand_in_grader(job: grade.Job, pack: grade.LabPack) -> dict:
+    if job.student.startswith("crash"):
+        os._exit(3)                                   # as if the hand-in had killed its worker
+    time.sleep(0.2)
+    return {"student": job.student, "lab": job.lab, "origin": job.origin, "status": "graded", "score": 1.0}
+
+
+def test_a_worker_that_dies_costs_no_other_hand_in(lab: course.Lab) -> None:
+    import multiprocessing as mp
+    import queue
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = grade.Pool.__new__(grade.Pool)  # the pool's scheduling, with a stand-in for grading
+    pool.workers, pool.options, pool._slots, pool._grade = 2, grade.Options(), queue.Queue(), _stand_in_grader
+    pool._make_executor = lambda: ProcessPoolExecutor(2, mp_context=mp.get_context("fork"))
+    pool.executor = pool._make_executor()
+    pool.zygote = type("Z", (), {"wait_ready": lambda self: None})()
+    pack = grade.LabPack(LAB, dict(lab.source), {}, {}, {}, set())
+    names = ["a", "crash1", "b", "c", "d", "e", "f"]
+    jobs = [grade.Job(LAB, n, f"{n}.ipynb", f"/x/{n}.ipynb") for n in names]
+    try:
+        results = {r["student"]: r for r in pool.run(jobs, {LAB: pack}, lambda r: None)}
+    finally:
+        pool.executor.shutdown(cancel_futures=True)
+    assert sorted(results) == sorted(names)
+    assert all(results[n]["status"] == "graded" for n in names if n != "crash1"), results
+    assert results["crash1"]["status"].startswith("failed: the grader's process died") and \
+        results["crash1"]["score"] is None and results["crash1"]["max_score"] == 20
+
+
 # ------------------------------------------------------------------- a real run, and a killed one
 def _grader(root: Path, *args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "autograder.cli", "--root", str(root), *args], cwd=root,
