@@ -103,13 +103,13 @@ def sanitize_notebook(nb: Any) -> list[str]:
     for number, cell in enumerate(nb.get("cells", []), 1):
         if cell.get("cell_type") == "markdown":
             source = cell.get("source", "")
-            source = "".join(source) if isinstance(source, list) else source
+            source = "".join(map(str, source)) if isinstance(source, list) else str(source)
             if _needs_cleaning(source):
                 cleaned = _markdown_html(source)
                 if cleaned != source:
                     cell["source"] = cleaned
         for output in cell.get("outputs", []) or []:
-            data = output.get("data")
+            data = output.get("data") if isinstance(output, dict) else None
             if not isinstance(data, dict):
                 continue
             dropped = [k for k in list(data) if k in ("application/javascript", "text/javascript", "image/svg+xml")
@@ -119,7 +119,7 @@ def sanitize_notebook(nb: Any) -> list[str]:
             for key in ("text/html", "text/markdown"):
                 if key in data:
                     value = data[key]
-                    value = "".join(value) if isinstance(value, list) else str(value)
+                    value = "".join(map(str, value)) if isinstance(value, list) else str(value)
                     data[key] = clean(value) if key == "text/html" else value
             if "text/markdown" in data:
                 data["text/html"] = _markdown_html(data.pop("text/markdown"))

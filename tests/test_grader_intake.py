@@ -24,7 +24,7 @@ import nbformat
 import psutil
 import pytest
 
-from autograder import cli, course, grade, intake, notebook
+from autograder import cli, course, grade, intake, notebook, safehtml
 from autograder.kernel import SubmissionFailure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,7 +160,8 @@ def _prepare(sub: intake.Submission, lab: course.Lab, blank) -> str:
     try:
         nb = notebook.read_notebook(sub.notebook)
         notebook.identify(nb, LAB, {LAB: notebook.lab_ids(lab.source)}, sub.notebook.name)
-        notebook.rebuild(nb, lab.source, blank)
+        rebuilt, _ = notebook.rebuild(nb, lab.source, blank)
+        safehtml.sanitize_notebook(json.loads(nbformat.writes(rebuilt)))   # what save_result stores
     except SubmissionFailure as failure:
         return f"{failure.status}: {failure.reason}"
     return "ready"
