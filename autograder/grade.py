@@ -533,15 +533,19 @@ def save_result(res: dict[str, Any], base: Path) -> None:
     text = res.pop("_notebook", None)
     if text is not None:
         path = base / "autograded" / res["student"] / res["lab"] / f"{res['lab']}.ipynb"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        graded = json.loads(text)
-        cleaned = sanitize_notebook(graded)
-        if cleaned:
-            res["html_removed"] = cleaned
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(graded, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        res["autograded"] = str(path.relative_to(base))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            graded = json.loads(text)
+            cleaned = sanitize_notebook(graded)
+            if cleaned:
+                res["html_removed"] = cleaned
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(graded, indent=1, ensure_ascii=False) + "\n", encoding="utf-8",
+                           errors="replace")
+            os.replace(tmp, path)
+            res["autograded"] = str(path.relative_to(base))
+        except Exception as err:  # noqa: BLE001 — the result itself is still recorded
+            res.setdefault("notes", []).append(f"the graded notebook could not be stored ({type(err).__name__})")
     course.write_json(base / res["lab"] / f"{res['student']}.json", res)
 
 
