@@ -157,24 +157,32 @@ def _look(path: Path, ids: set[str], blank: dict[str, str]) -> _Look:
 
 
 def pick_notebook(folder: Path, lab: str, ids: set[str], blank: dict[str, str] | None = None,
-                  where: str = "") -> tuple[Path | None, str | None, str | None, list[str]]:
+                  where: str = "", ignored: list[str] | None = None
+                  ) -> tuple[Path | None, str | None, str | None, list[str]]:
     """The notebook of ``lab`` in ``folder`` (searched recursively, links not followed).
 
     Returns (notebook or None, why it was chosen when there were several, a reason to review or
     None, the candidates as relative paths). ``blank`` maps the lab's answer ``grade_id``s to
-    their blank source.
+    their blank source; ``ignored`` hears about notebooks left out (hidden, links, not files).
     """
     found, seen = [], 0
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
         seen += len(dirnames) + len(filenames)
         if seen > MAX_FOLDER_ENTRIES:
+            if ignored is not None:
+                ignored.append(f"searched only the first {MAX_FOLDER_ENTRIES} files and folders")
             break
         for fname in sorted(filenames):
             path = Path(dirpath) / fname
-            if fname.lower().endswith(NB_EXT) and not fname.startswith(".") and not path.is_symlink() \
-                    and path.is_file():
+            if not fname.lower().endswith(NB_EXT):
+                continue
+            why = ("a hidden file" if fname.startswith(".") else "a symbolic link" if path.is_symlink() else
+                   None if path.is_file() else "not a regular file")
+            if why is None:
                 found.append(path)
+            elif ignored is not None:
+                ignored.append(f"left out {display_name(str(path.relative_to(folder)))!r} ({why})")
     found = found[:MAX_CANDIDATES]
     rel = [display_name(str(p.relative_to(folder))) for p in found]
     if not found:
@@ -295,10 +303,10 @@ def _one(entry: Path, lab: str, ids: set[str], blank: dict[str, str] | None, scr
                     f" that could be unpacked ({'; '.join(n.split(': ', 1)[-1] for n in sub.notes)})"
                     if sub.notes else "")
     elif stat.S_ISDIR(mode):
-        nb, sub.choice, sub.review, sub.candidates = pick_notebook(entry, lab, ids, blank, name + "/")
+        nb, sub.choice, sub.review, sub.candidates = pick_notebook(entry, lab, ids, blank, name + "/", sub.notes)
         sub.notebook = nb
         if nb is None:
-            sub.problem = f"{name}/ holds no .ipynb notebook"
+            sub.problem = f"{name}/ holds no .ipynb notebook" + (f" ({'; '.join(sub.notes)})" if sub.notes else "")
     else:
         sub.problem = f"{name} is neither a notebook (.ipynb), a zip nor a folder"
     return sub

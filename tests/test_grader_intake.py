@@ -149,6 +149,11 @@ def hostile_folder(folder: Path, lab: course.Lab, blank: nbformat.NotebookNode, 
     put("mixed.zip", _zip({f"x/{LAB}.ipynb": solution, "y/other.ipynb": "{}"}), "")
     (folder / "emptydir").mkdir()
     expect["emptydir"] = "emptydir/ holds no .ipynb notebook"
+    (folder / "hiddenonly").mkdir()
+    (folder / "hiddenonly" / f".{LAB}.ipynb").write_text(full)
+    (folder / "hiddenonly" / "link.ipynb").symlink_to(folder / "ok.IPYNB")
+    expect["hiddenonly"] = (f"hiddenonly/ holds no .ipynb notebook (left out '.{LAB}.ipynb' (a hidden file); "
+                            "left out 'link.ipynb' (a symbolic link))")
     (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")        # litter: skipped, and said so
     return expect
 
