@@ -187,6 +187,8 @@ def pick_notebook(folder: Path, lab: str, ids: set[str], blank: dict[str, str] |
     rel = [display_name(str(p.relative_to(folder))) for p in found]
     if not found:
         return None, None, None, []
+    if len(found) == 1:  # nothing to choose: the reader says what is wrong with it, if anything
+        return found[0], None, None, rel
     looks = {p: _look(p, ids, blank or {}) for p in found}
     use_answers = blank is not None
 
@@ -197,8 +199,6 @@ def pick_notebook(folder: Path, lab: str, ids: set[str], blank: dict[str, str] |
                 -look.overlap, len(p.parts), str(p))
 
     best = min(found, key=rank)
-    if len(found) == 1:
-        return best, None, None, rel
     look, picked = looks[best], display_name(str(best.relative_to(folder)))
     by_name = min(found, key=lambda p: (not looks[p].readable, _name_rank(p.name, lab), -looks[p].overlap,
                                         len(p.parts), str(p)))
