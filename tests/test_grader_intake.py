@@ -120,6 +120,9 @@ def hostile_folder(folder: Path, lab: course.Lab, blank: nbformat.NotebookNode, 
     put("empty.zip", _zip({}), "empty.zip holds no .ipynb notebook")
     put("one-bad-member.zip", _one_bad_member(full), "")
     put("noise.ipynb", random.Random(2).randbytes(5000), "")        # refused later, by the reader
+    with open(folder / "sparse.ipynb", "wb") as fh:                      # 65 MB that take no disk: refused by size
+        fh.truncate(65 << 20)
+    expect["sparse.ipynb"] = ""
     put("deep.ipynb", "[" * 200_000 + "]" * 200_000, "")
     put("bignum.ipynb", '{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [], "n": 1'
         + "7" * 5000 + "}", "")
@@ -200,6 +203,7 @@ def test_every_hostile_hand_in_gets_exactly_one_row(tmp_path: Path, lab: course.
     assert "nested too deeply" in outcome["deep.ipynb"] and "nested too deeply" in outcome["deepdir"]
     assert "nested too deeply" in outcome["deepzip.zip"]
     assert "number longer than" in outcome["bignum.ipynb"]
+    assert outcome["sparse.ipynb"] == "failed: sparse.ipynb is larger than 64 MB"
     assert "a cell whose id is not text" in outcome["intid.ipynb"]
     assert "metadata is not an object" in outcome["listmeta.ipynb"]
     assert "source is not text" in outcome["intsource.ipynb"]
