@@ -115,7 +115,8 @@ def _say(line: str) -> None:
 def _annotate(res: dict, sub: intake.Submission | None) -> None:
     """Record in a result what intake decided: which notebook of several, what it left out, and
     why an instructor should look (``review``)."""
-    res["status"] = str(res.get("status")).encode("utf-8", "replace").decode("utf-8")  # a name that is not UTF-8
+    status = str(res.get("status")).encode("utf-8", "replace").decode("utf-8")  # a name that is not UTF-8
+    res["status"] = re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", "?", status)     # nor terminal escapes
     if sub is None:
         return
     res["intake"] = {"origin": sub.origin, "choice": sub.choice, "candidates": sub.candidates, "notes": sub.notes}
