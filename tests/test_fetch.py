@@ -219,3 +219,18 @@ def test_fake_full_size_file_validates_but_never_passes_as_medmnist(tmp_path, da
         fetch.main(["rehearse", "--root", str(data_dir)])
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     assert re.search(r"^rehearse:.*\n\t.*dlmi-data rehearse --root", makefile, re.M)
+
+
+def test_folders_left_by_a_killed_fetch_are_removed_but_not_a_running_one(server, data_dir):
+    import os
+    import time
+
+    data_dir.mkdir(parents=True)
+    stale, fresh = data_dir / ".download-killed", data_dir / ".download-running"
+    for folder in (stale, fresh):
+        folder.mkdir()
+        (folder / f"{FLAG}.npz").write_bytes(b"partial")
+    old = time.time() - 2 * fetch.STALE_AFTER_S
+    os.utime(stale, (old, old))
+    fetch.fetch(FLAG, retries=1)
+    assert not stale.exists() and fresh.exists()

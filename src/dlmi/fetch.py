@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -92,6 +93,21 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+STALE_AFTER_S = 3600.0
+
+
+def _remove_stale_downloads(folder: Path, note: Callable[[str], None]) -> None:
+    """Remove temporary download folders left by a killed fetch (older than an hour, so a
+    concurrent fetch's folder is never touched)."""
+    for stale in folder.glob(".download-*"):
+        try:
+            if stale.is_dir() and time.time() - stale.stat().st_mtime > STALE_AFTER_S:
+                shutil.rmtree(stale, ignore_errors=True)
+                note(f"removed {stale.name}, left by an interrupted download")
+        except OSError:
+            pass
+
+
 def fetch(flag: str, size: int = 28, root: str | os.PathLike | None = None, *,
           retries: int | None = None, backoff: float | None = None,
           timeout: float | None = None, quiet: bool = False,
@@ -128,6 +144,7 @@ def fetch(flag: str, size: int = 28, root: str | os.PathLike | None = None, *,
         say(f"WARNING: {target} has MD5 {got}, not {md5} (medmnist.INFO): downloading it again "
             "(the file stays until a verified copy replaces it)")
 
+    _remove_stale_downloads(folder, note)
     failures: list[str] = []
     for attempt in range(1, retries + 1):
         note(f"{name}: downloading {url} (attempt {attempt}/{retries}) into {folder}")
