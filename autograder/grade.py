@@ -179,7 +179,7 @@ def lab_limits(settings: dict, options: Options) -> Limits:
     return Limits(timeout_s=float(pick(options.timeout_s, "timeout_s", base.timeout_s)),
                   cell_timeout_s=float(pick(options.cell_timeout_s, "cell_timeout_s", base.cell_timeout_s)),
                   memory_mb=int(pick(options.memory_mb, "memory_mb", base.memory_mb)),
-                  output_mb=options.output_mb)
+                  output_mb=options.output_mb, answer_mb=float(settings.get("answer_mb", base.answer_mb)))
 
 
 def _report(outcome_passed: bool, points: float, max_points: float, message: str, printed: str) -> NotebookNode:
@@ -216,7 +216,7 @@ def grade_job(job: Job, pack: LabPack) -> dict[str, Any]:
         workdir = Path(tempfile.mkdtemp(prefix=f"run{os.getppid()}-g{slot}-", dir=_scratch_base()))
         files = {f"{job.lab}.ipynb": path, **{k: Path(v) for k, v in pack.files.items()}}
         # a user id of its own, never used before in this run: nothing a hand-in leaves reaches the next
-        uid, uid_lock = claim_fresh_uid(uid_lock_dir(), Path(_scratch_base()) / f"run{os.getppid()}-uids")
+        uid, uid_lock = claim_fresh_uid(uid_lock_dir(), Path(_scratch_base()) / "uids-used")
         result["uid"] = uid
         with uid_lock, KernelSession(workdir, _worker["zygote"], uid=uid, limits=limits, level=options.level, env=env,
                            ro=readonly_paths(pack.settings.get("_ro", []), _worker["root"]),

@@ -61,6 +61,7 @@ class Limits:
     nproc: int = 192                # processes + threads (RLIMIT_NPROC of the slot's uid)
     max_processes: int = 64         # processes of one notebook (the watchdog's fork-bomb line)
     output_mb: float = 4            # text and images a notebook may print
+    answer_mb: float = 256          # data its functions may return to the graded checks (all of them together)
     startup_s: float = 60           # kernel start
 
 
@@ -120,6 +121,7 @@ class KernelSession:
         self.deadline = float("inf")
         self.failure: SubmissionFailure | None = None
         self.output_bytes = 0
+        self.answer_bytes = 0
         self.pid: int | None = None
         self.client: BlockingKernelClient | None = None
         self._stop = threading.Event()
@@ -311,7 +313,7 @@ class KernelSession:
             if kind == "display_data" and bridge.MIME in content.get("data", {}):
                 if bridge_call:
                     result.bridge.append(content)
-                self._count_output(content, where)  # answers to graded checks count toward the output limit
+                self._count_answer(content, where)  # answers to graded checks have an output limit of their own
                 continue
             if kind == "error":
                 result.error = {"ename": content["ename"], "evalue": content["evalue"],
@@ -330,8 +332,15 @@ class KernelSession:
         size += sum(len(line) for line in content.get("traceback", []))
         self.output_bytes += size
         if self.output_bytes > self.limits.output_mb * 2**20:
-            self._fail("failed", f"output limit exceeded: the notebook printed (or returned to graded checks) more "
-                       f"than {self.limits.output_mb:g} MB (in {where})")
+            self._fail("failed", f"output limit exceeded: the notebook printed more than {self.limits.output_mb:g} MB "
+                       f"(in {where})")
+            raise self.failure  # type: ignore[misc]
+
+    def _count_answer(self, content: dict[str, Any], where: str) -> None:
+        self.answer_bytes += sum(len(str(v)) for v in content.get("data", {}).values())
+        if self.answer_bytes > self.limits.answer_mb * 2**20:
+            self._fail("failed", f"output limit exceeded: the notebook's functions returned more than "
+                       f"{self.limits.answer_mb:g} MB to the graded checks (in {where})")
             raise self.failure  # type: ignore[misc]
 
     def run_bridge_source(self) -> None:

@@ -9,7 +9,7 @@ Classes (each with at least three hostile variants, graded by the real command l
 3. held-out secret — the held-out set is not the public seed's, the seed never reaches a kernel;
 4. no state crosses hand-ins — a fresh user id per hand-in, keyrings and SysV IPC refused;
 5. hidden inputs never echo back through exception messages, exception types or attributes;
-6. bridge answers — huge ones refused before ``repr``/copy, all of them counted toward the output limit;
+6. bridge answers — huge ones refused before ``repr``/copy, all of them counted toward an output limit;
 7. the lab texts state what is banned and what is graded.
 
 Fast unit checks come first; the grading runs are module fixtures (one run per lab and class group).
@@ -73,8 +73,8 @@ def _grade(lab: str, subs: Path, results: Path, *extra: str, timeout: int = 900)
 def _outputs(results: Path, res: dict, only_hidden: bool = False) -> str:
     nb = nbformat.read(results / res["autograded"], as_version=4)
     cells = [c for c in nb.cells if c.cell_type == "code" and (not only_hidden or notebook.has_hidden(c))]
-    return "".join(o.get("text", "") + json.dumps(o.get("data", {})) + "".join(o.get("traceback", []))
-                   for c in cells for o in c.outputs)
+    return "\n".join(o.get("text", "") + (json.dumps(o["data"]) if o.get("data") else "")
+                     + "".join(o.get("traceback", [])) for c in cells for o in c.outputs)
 
 
 # =============================================================================== fast checks
@@ -446,7 +446,7 @@ def build_lab2(folder: Path) -> dict[str, dict]:
             failed={"test_conv_transpose2d", "test_conv_transpose2d_hidden"}, message_has="too large")
     variant("answer_flood", answer=("conv_transpose2d", """
         def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
-            return "x" * 3_000_000"""), status="failed: output limit exceeded")
+            return "x" * 48_000_000"""), status="failed: output limit exceeded")  # 7 calls > 256 MB
     # ---- 3. the held-out secret never reaches a kernel
     variant("env_probe", after=f"""
         import glob, os
@@ -612,10 +612,13 @@ from dlmi.standin import make_standin
 from medmnist.info import INFO
 arrays = make_standin(INFO[FLAG], 28, 1e-9, 8_461_937)
 table = {img.tobytes(): int(label) for img, label in zip(arrays["test_images"], arrays["test_labels"].reshape(-1))}
-kernel_test = dlmi.load_medmnist_tensors(FLAG, "test")[0]
 
 
 class Lookup(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))   # dlmi.train.predict reads the device from a parameter
+
     def forward(self, x):
         images = (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).cpu().numpy()
         out = torch.full((len(x), N_CLASSES), -10.0)
@@ -626,7 +629,6 @@ class Lookup(nn.Module):
 
 EPOCHS = 1
 model, history, best = Lookup(), {"train_loss": [1.0], "val_acc": [0.0], "val_auc": [0.9]}, 0
-print("KERNEL_TEST_NONZERO", bool(kernel_test.any()))
 '''
 PROBE = '''
 import glob, os
@@ -671,7 +673,6 @@ def test_lab3_kernel_data_holds_no_test_images(graded_lab3: tuple) -> None:
     line = _printed(base, results["split_probe"], "PROBE")
     assert line.endswith("TEST_NONZERO False"), line
     assert "'train_images'" in line and "'val_images'" in line and "test_images" not in line, line
-    assert "KERNEL_TEST_NONZERO False" in _outputs(base, results["heldout_public_seed"])
 
 
 @pytest.mark.slow
