@@ -57,9 +57,16 @@ $(VENDOR)/.copied: package.json package-lock.json
 notebooks: $(VENV)/.installed
 	$(BIN)/python book/_ext/notebooks.py
 
+# jupyter-cache keys a page on its code cells only: when the code that draws explorers and
+# figures changes, every page must run again.
+RENDER_SRC := src/dlmi/widgets.py src/dlmi/display.py $(BOOK_DIR)/_ext/dlmi_book.py
+$(BOOK_DIR)/_build/.render-stamp: $(RENDER_SRC)
+	rm -rf $(BOOK_DIR)/_build/.jupyter_cache
+	mkdir -p $(BOOK_DIR)/_build && touch $@
+
 # Strict: any cell error or Sphinx warning fails the build; --all re-reads unchanged pages.
 book: $(BOOK_DIR)/_build/html/index.html
-$(BOOK_DIR)/_build/html/index.html: $(VENV)/.installed $(VENDOR)/.copied $(BOOK_SRC)
+$(BOOK_DIR)/_build/html/index.html: $(VENV)/.installed $(VENDOR)/.copied $(BOOK_SRC) $(BOOK_DIR)/_build/.render-stamp
 	$(BIN)/jupyter-book build $(BOOK_DIR) --all -W --keep-going
 	touch $@
 

@@ -1,6 +1,7 @@
 """The book: strict builds fail loudly, and the built site holds every page, executed."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
-HTML = BOOK / "_build" / "html"
+HTML = Path(os.environ.get("DLMI_SITE", BOOK / "_build" / "html"))
 HEADER = """---
 jupytext:
   text_representation:

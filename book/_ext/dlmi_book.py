@@ -2,6 +2,9 @@
 
 * Explorers: sets ``DLMI_STATIC_EXPLORERS=1`` before any page executes, so each explorer
   (``dlmi.widgets.explorer``) draws its frames at build time and the page swaps them.
+* Figures: each page's kernel starts with ``dlmi.display.house_style()`` (legible fonts, PNGs
+  that carry a description); that description becomes the figure's alt text, and a figure
+  that a narrow column would shrink below legibility keeps a minimum width and scrolls.
 * Self-hosted assets: MathJax 3, require.js and the Jupyter widget manager are served from
   ``_assets/vendor``, served as ``_static/vendor`` (copied from pinned npm packages by ``make assets``); ``dlmi-offline.js`` gives
   the widget manager the MathJax 2 ``Hub.Queue`` it still calls and its fonts' folder; sphinx-thebe's unused
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -133,9 +137,74 @@ def page_context(app: Sphinx, pagename: str, templatename: str, context: dict, d
                 button["url"] = button["url"].replace(f"book/{pagename}.ipynb", source)
 
 
+STARTUP = """# Written by book/_ext/dlmi_book.py: every page's kernel draws in the book's house style.
+try:
+    import dlmi.display
+    dlmi.display.house_style()
+except ImportError:
+    pass
+"""
+
+
+def kernel_startup() -> None:
+    """Every kernel that executes a page applies ``dlmi.display.house_style()`` first (an
+    IPython startup file in a private IPYTHONDIR): legible fonts, alt text in each PNG."""
+    ipython_dir = Path(tempfile.mkdtemp(prefix="dlmi-ipython-"))
+    startup = ipython_dir / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-dlmi-house-style.py").write_text(STARTUP)
+    os.environ["IPYTHONDIR"] = str(ipython_dir)
+
+
+MIN_TEXT_PX = 8.0       # a figure is never shown so small that its text is below this
+MINW_STEP = 8           # min-width classes dlmi-minw-<px> (book/_assets/dlmi.css) in these steps
+
+
+def figure_facts(app: Sphinx, doctree: Any) -> None:
+    """Each figure's alt text is the description its PNG carries (``dlmi.display.figure_png``)
+    instead of its hashed file name; a figure whose text would fall below 8 px when shrunk to
+    a narrow column gets a minimum width (class ``dlmi-minw-<px>``) and scrolls sideways."""
+    from docutils import nodes
+    from PIL import Image
+
+    docname = app.env.docname
+    for node in doctree.findall(nodes.image):
+        uri = node.get("uri", "")
+        if not uri.endswith(".png"):
+            continue
+        path = Path(app.env.relfn2path(uri, docname)[1])
+        try:
+            with Image.open(path) as image:
+                alt, width = image.text.get("Description", ""), image.width
+                text_px = float(image.text.get("dlmi:min-text-px", "0"))
+        except (OSError, ValueError):
+            alt, width, text_px = "", 0, 0.0
+        if not node.get("alt") or node["alt"] == uri:
+            node["alt"] = alt or "Figure drawn by the code above"
+        if text_px and width:
+            need = min(width, width * MIN_TEXT_PX / text_px)
+            step = -(-int(need) // MINW_STEP) * MINW_STEP
+            if step >= 320:
+                node["classes"].append(f"dlmi-minw-{min(step, 2000)}")
+
+
+def citation_roles(app: Sphinx, exception: Exception | None) -> None:
+    """docutils writes the bibliography as ``role="list"`` holding ``role="doc-biblioentry"``
+    items, which axe-core rejects (aria-required-children, critical): make them list items."""
+    if exception is not None or app.builder.format != "html":
+        return
+    for path in Path(app.outdir).rglob("*.html"):
+        text = path.read_text(encoding="utf-8")
+        if 'role="doc-biblioentry"' in text:
+            path.write_text(text.replace('role="doc-biblioentry"', 'role="listitem"'), encoding="utf-8")
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     os.environ["DLMI_STATIC_EXPLORERS"] = "1"
+    kernel_startup()
     copy_labs(Path(app.srcdir))
+    app.connect("doctree-read", figure_facts)
+    app.connect("build-finished", citation_roles)
     app.connect("config-inited", config_inited)
     app.connect("html-page-context", page_context, priority=900)
     app.add_css_file("dlmi.css")

@@ -90,7 +90,7 @@ def explorer(show: Callable[..., None], **controls: Any) -> widgets.interactive 
 FRAME_DPI = 80          # a 8.5-inch figure is 680 px: the book's column, text at its size
 FRAME_QUALITY = 80      # WebP quality of a frame
 MAX_FRAMES = 96         # at most this many frames per explorer
-FRAME_BYTES = 560_000   # ... and about this many bytes of frames (3 explorers fit a 3 MB page)
+FRAME_BYTES = 380_000   # ... and about this many WebP bytes (+1/3 as base64: 3 fit a 3 MB page)
 FRAME_SECONDS = 75.0    # ... and about this much drawing time at build (a cell may take 180 s)
 SEED_VALUES = 2         # a control named "seed" gets this many values (other draws, same idea)
 
