@@ -120,8 +120,17 @@ def _collect(tree: ast.AST, modules: dict[str, str]) -> None:
                 modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"
 
 
+def _is_shell(node: ast.AST, shells: set[str]) -> bool:
+    """``get_ipython()`` or a name bound to it."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "get_ipython":
+        return True
+    return isinstance(node, ast.Name) and node.id in shells
+
+
 def _scan(tree: ast.AST, modules: dict[str, str]) -> list[tuple[int, str]]:
     found: list[tuple[int, str]] = []
+    shells = {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) and _is_shell(node.value, set())
+              for t in node.targets if isinstance(t, ast.Name)}
 
     def add(node: ast.AST, what: str) -> None:
         found.append((getattr(node, "lineno", 0), what))
@@ -149,8 +158,7 @@ def _scan(tree: ast.AST, modules: dict[str, str]) -> list[tuple[int, str]]:
                         isinstance(node.value, ast.Name) and modules.get(node.value.id) == "torch"):
                     continue
                 add(node, ATTRIBUTES[node.attr])
-            if isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Name) and \
-                    node.value.func.id == "get_ipython" and node.attr not in IPYTHON_OK:
+            if _is_shell(node.value, shells) and node.attr not in IPYTHON_OK:
                 add(node, f"reaches the kernel's shell (get_ipython().{node.attr})")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             if node.func.id in CALLS:

@@ -94,6 +94,7 @@ def test_static_audit_passes_every_reference_solution() -> None:
     ("from torch import _C\n_C._nn.im2col", "torch._C"),
     ("import torch.library as L", "torch.library"),
     ("get_ipython().events.register('pre_run_cell', print)", "get_ipython().events"),
+    ("ip = get_ipython()\nip.events.register('post_run_cell', print)", "get_ipython().events"),
     ("exec('x = 1')", "exec"),
     ("f = conv2d.__code__", "code object"),
     ("s = '__dlmi' '_bridge__'", "grader's internals"),
@@ -205,6 +206,45 @@ print(r)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1] == str(
         ["OUTER", "OUTER", "INNER torchvision.ops.boxes.box_iou", "ran", "OUTER", "ran", "ran"])
+
+
+def test_lab7_bans_hold_only_while_their_tests_run() -> None:
+    code = f"""
+import sys; sys.path.insert(0, {str(ROOT)!r})
+import nbformat, torch, torchvision.ops as ops
+import dlmi.detection
+from autograder import bridge
+bans = nbformat.read({str(ROOT / "solutions/lab07-detection/lab07-detection.ipynb")!r}, as_version=4).metadata.dlmi.bans
+saved = {{"nms": ops.nms, "batched_nms": ops.batched_nms, "box_iou": ops.box_iou, "focal": ops.sigmoid_focal_loss,
+          "dlmi_nms": dlmi.detection.nms}}
+b, s = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.5, 0.5, 2.0, 2.0]]), torch.tensor([0.9, 0.8])
+calls = {{"nms": lambda: saved["nms"](b, s, 0.5), "op": lambda: torch.ops.torchvision.nms(b, s, 0.5),
+         "batched_nms": lambda: saved["batched_nms"](b, s, torch.zeros(2, dtype=torch.long), 0.5),
+         "dlmi_nms": lambda: saved["dlmi_nms"](b, s, 0.5), "box_iou": lambda: saved["box_iou"](b, b),
+         "focal": lambda: saved["focal"](s, s)}}
+def trapped():
+    out = []
+    for name, call in calls.items():
+        try:
+            call()
+        except RuntimeError:
+            out.append(name)
+    return out
+result = {{}}
+for rule in bans:
+    bridge.ban(rule, scoped=True)
+    result[rule["tests"][0]] = trapped()
+    bridge.allow()
+result["after"] = trapped()
+print(result)
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    # (dlmi.detection.nms uses dlmi.detection.box_iou: it is trapped with it)
+    assert run.stdout.strip().splitlines()[-1] == str({"test_box_iou": ["dlmi_nms", "box_iou"],
+                                                       "test_nms": ["nms", "op", "batched_nms", "dlmi_nms"],
+                                                       "test_focal_loss": ["focal"], "after": []})
 
 
 def test_seccomp_refuses_keyrings_and_sysv_ipc() -> None:
@@ -444,9 +484,10 @@ def build_lab2(folder: Path) -> dict[str, dict]:
         def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
             return torch.zeros(100_000_000)"""), score=FULL2 - 3,
             failed={"test_conv_transpose2d", "test_conv_transpose2d_hidden"}, message_has="too large")
-    variant("answer_flood", answer=("conv_transpose2d", """
-        def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
-            return "x" * 48_000_000"""), status="failed: output limit exceeded")  # 7 calls > 256 MB
+    nb = copy.deepcopy(src)  # four functions answer 60 MB each: 8 calls in the tests pass the 256 MB
+    for gid in ("conv_output_size", "zero_pad", "max_pool2d", "conv_transpose2d"):
+        _answer(nb, gid, f"def {gid}(*args, **kwargs):\n    return 'x' * 60_000_000")
+    put("answer_flood", nb, status="failed: output limit exceeded")
     # ---- 3. the held-out secret never reaches a kernel
     variant("env_probe", after=f"""
         import glob, os
