@@ -87,8 +87,8 @@ def explorer(show: Callable[..., None], **controls: Any) -> widgets.interactive 
 # --------------------------------------------------------------------------------------------
 # Explorers on a static page: precomputed frames and a small script that swaps them.
 
-FRAME_DPI = 80          # a 8.5-inch figure is 680 px: the book's column, text at its size
-FRAME_QUALITY = 80      # WebP quality of a frame
+FRAME_DPI = 72          # a 9.5-inch figure fits the 688 px column; 8.5-pt text is 8.5 px
+FRAME_QUALITY = 70      # WebP quality of a frame
 MAX_FRAMES = 96         # at most this many frames per explorer
 FRAME_BYTES = 380_000   # ... and about this many WebP bytes (+1/3 as base64: 3 fit a 3 MB page)
 FRAME_SECONDS = 75.0    # ... and about this much drawing time at build (a cell may take 180 s)
@@ -183,7 +183,8 @@ def _figure_text(fig: plt.Figure) -> str:
 
 
 def render_frame(show: Callable[..., None], values: dict[str, Any]) -> tuple[bytes, str]:
-    """Draw ``show(**values)`` off screen: (WebP bytes of its last figure, its panel titles)."""
+    """Draw ``show(**values)`` off screen: (WebP bytes of its last figure, its panel titles).
+    The smallest text of the figure, in pixels of the frame, is kept in ``render_frame.text_px``."""
     plt.close("all")
     printed = io.StringIO()
     with mock.patch.object(plt, "show", lambda *a, **k: None), contextlib.redirect_stdout(printed):
@@ -195,9 +196,15 @@ def render_frame(show: Callable[..., None], values: dict[str, Any]) -> tuple[byt
         fig = plt.figure(figsize=(5, 0.8))
         fig.text(0.02, 0.5, printed.getvalue().strip() or "(nothing drawn)", va="center")
     text = _figure_text(fig)
+    from .display import smallest_text_px
+
+    fig.draw_without_rendering()
+    points = smallest_text_px(fig) * 72.0 / fig.dpi
+    dpi = min(120, max(FRAME_DPI, math.ceil(8.0 * 72.0 / points)))   # small labels: finer frame
+    render_frame.text_px = points * dpi / 72.0
     buf = io.BytesIO()
-    fig.savefig(buf, format="webp", dpi=FRAME_DPI, bbox_inches="tight",
-                pil_kwargs={"quality": FRAME_QUALITY, "method": 6})
+    fig.savefig(buf, format="webp", dpi=dpi, bbox_inches="tight",
+                pil_kwargs={"quality": FRAME_QUALITY, "method": 4})
     plt.close("all")
     return buf.getvalue(), text
 
@@ -217,6 +224,11 @@ class StaticExplorer:
         start = time.perf_counter()
         first, first_text = render_frame(show, defaults)
         seconds = max(time.perf_counter() - start, 1e-3)
+        self.text_px = getattr(render_frame, "text_px", 10.0)
+        from PIL import Image
+
+        with Image.open(io.BytesIO(first)) as image:
+            self.width = image.width
         budget = min(max_frames, max_bytes // max(1, int(len(first) * 1.15)),
                      int(max_seconds / seconds))
         choose_grid(self.controls, max(1, budget))
@@ -276,10 +288,15 @@ class StaticExplorer:
         note = (f"Precomputed when the book was built: {n_frames} "
                 f"setting{'s' if n_frames != 1 else ''} of these controls. "
                 "Open the page as a notebook (launch button above) to try every value.")
+        # never narrower than the width at which its smallest text is 8 px: a phone scrolls it
+        min_width = min(self.width, math.ceil(self.width * 8.0 / max(self.text_px, 1.0)))
         return (f'<div class="dlmi-explorer" id="{uid}" role="group" aria-label="Explorer">'
                 f'<div class="dlmi-controls">{"".join(rows)}</div>'
+                f'<div class="dlmi-frame-box" tabindex="0" role="region" '
+                f'aria-label="Explorer figure (scrolls sideways on a narrow screen)">'
                 f'<img class="dlmi-frame" src="{self.frames[key]}" alt="{html.escape(self.alts[key])}" '
-                f'data-key="{key}">'
+                f'data-key="{key}" data-text-px="{self.text_px:.1f}" '
+                f'style="min-width: {min_width}px"></div>'
                 f'<p class="dlmi-note">{html.escape(note)}</p>'
                 f'<script type="application/json" class="dlmi-data">{payload}</script>'
                 f"<script>{EXPLORER_JS}</script></div>")

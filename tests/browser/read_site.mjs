@@ -107,7 +107,7 @@ for (const page of pages) {
       images: [...main.querySelectorAll("img")].map((im) => ({
         src: im.src.startsWith("data:") ? "data:" : im.getAttribute("src"), alt: im.alt,
         natural: im.naturalWidth, rendered: Math.round(im.getBoundingClientRect().width),
-        explorer: !!im.closest(".dlmi-explorer") })),
+        explorer: !!im.closest(".dlmi-explorer"), textPx: +(im.dataset.textPx || 0) })),
       links: [...document.querySelectorAll("a[href]")].map((a) => a.href),
       html: document.documentElement.outerHTML.length,
     };
@@ -138,7 +138,8 @@ for (const page of pages) {
   facts.phoneErrors = p.errors;
   facts.phoneImages = await p.tab.evaluate(() => [...document.querySelectorAll("main img")].map((im) => ({
     src: im.src.startsWith("data:") ? "data:" : im.getAttribute("src"), explorer: !!im.closest(".dlmi-explorer"),
-    natural: im.naturalWidth, rendered: Math.round(im.getBoundingClientRect().width) })));
+    natural: im.naturalWidth, rendered: Math.round(im.getBoundingClientRect().width),
+    textPx: +(im.dataset.textPx || 0) })));
   if (outDir) await p.tab.screenshot({ path: path.join(outDir, `${stem}-phone.png`) });
   await phone.close();
   report[page] = facts;
