@@ -92,14 +92,12 @@ GRADER_TESTS := tests/test_grader_levels.py tests/test_grader_scratch.py tests/t
 test-grader:
 	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup -p no:cacheprovider $(GRADER_TESTS)
 
-
 bench: labs
 	$(BIN)/python autograder/benchmark.py
 
 # GPU mode: hand-ins per minute of lab 3 with 1, 2, 4, 8, 16 kernels sharing each GPU.
 bench-gpu: labs
 	$(BIN)/python autograder/benchmark.py --device cuda --labs lab03-cnn-classifier -k 32 --per-gpu 1 2 4 8 16
-
 
 # The reference training recipe on one MedMNIST flag per task type (real data when present).
 bench-recipes: venv
