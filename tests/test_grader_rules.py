@@ -264,6 +264,33 @@ print(out, ctypes.get_errno(), os.getpid() == libc.syscall(39 if platform.machin
     assert run.stdout.strip() == "[-1, -1, -1, -1] 1 True"  # EPERM; other calls still work
 
 
+def test_a_run_never_hands_out_a_user_id_twice(tmp_path: Path) -> None:
+    from autograder.kernel import claim_fresh_uid
+    locks, used = tmp_path / "locks", tmp_path / "used"
+    locks.mkdir()
+    uids = []
+    for _ in range(3):
+        uid, lock = claim_fresh_uid(locks, used)
+        uids.append(uid)
+        lock.close()  # the hand-in is done: its lock is free, its id is still spent for this run
+    other_run = claim_fresh_uid(locks, tmp_path / "used-by-another-run")
+    other_run[1].close()
+    assert len(set(uids)) == 3 and other_run[0] == uids[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user id needs root")
+def test_scrub_removes_only_what_the_user_id_owns(tmp_path: Path) -> None:
+    from autograder.kernel import scrub_uid
+    mine, theirs = tmp_path / "planted", tmp_path / "someone_else"
+    (tmp_path / "dir").mkdir()
+    for path in (mine, tmp_path / "dir" / "deep", theirs):
+        path.write_text("x")
+    for path in (mine, tmp_path / "dir"):
+        os.chown(path, 299_999, 299_999)
+    removed = scrub_uid(299_999, (str(tmp_path),))
+    assert sorted(removed) == sorted([str(mine), str(tmp_path / "dir")]) and theirs.exists()
+
+
 def test_heldout_secret_file_is_private_stable_and_not_the_public_seed(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(data, "_ENV_SEED", None)
