@@ -108,13 +108,27 @@ def manual_scores(root: Path, lab: str) -> dict[str, float | None]:
     return out
 
 
+# What a student reads on the page of a hand-in without a final score, by the status's first word.
+_NO_SCORE_TEXT = {
+    "review": ("Your notebook was graded, but its score is held for your instructor: <b>{status}</b>",
+               "No need to hand it in again: your instructor will look at it and accept or reject the "
+               "score."),
+    "rejected": ("Your instructor did not accept this hand-in: <b>{status}</b>",
+                 "No score was recorded. Ask your instructor what to change."),
+}
+_NOT_GRADED_TEXT = ("Your notebook could not be graded: <b>{status}</b>",
+                    "No score was recorded. Fix the problem and hand the notebook in again, or ask your "
+                    "instructor.")
+
+
 def _failure_page(res: dict[str, Any]) -> str:
+    """The page of a hand-in without a final score: not graded, held for review, or rejected."""
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in res.get("notes", []))
+    headline, advice = _NO_SCORE_TEXT.get(res["status"].split(":")[0], _NOT_GRADED_TEXT)
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(res['lab'])}: feedback</title>"
             "</head><body style='font-family:sans-serif;max-width:48em;margin:2em auto'>"
             f"<h1>{html.escape(res['lab'])}</h1><p>Student: <b>{html.escape(res['student'])}</b></p>"
-            f"<p>Your notebook could not be graded: <b>{html.escape(res['status'])}</b></p>"
-            "<p>No score was recorded. Fix the problem and hand the notebook in again, or ask your instructor.</p>"
+            f"<p>{headline.format(status=html.escape(res['status']))}</p><p>{advice}</p>"
             + (f"<ul>{notes}</ul>" if notes else "") + "</body></html>\n")
 
 

@@ -235,3 +235,17 @@ def test_stale_release_is_reported(tmp_path: Path, lab: course.Lab) -> None:
     assert any("missing" in p for p in check.stale(fake, fresh))
     (tmp_path / "labs" / LAB / f"{LAB}.ipynb").write_text((fresh / f"{LAB}.ipynb").read_text() + " ")
     assert any("differs from a fresh release" in p for p in check.stale(fake, fresh))
+
+
+@pytest.mark.parametrize("status, says, never", [
+    ("failed: the notebook is not valid JSON", "could not be graded", "held for your instructor"),
+    ("review: tampering? cell 3, line 2: sys.modules", "held for your instructor", "Fix the problem"),
+    ("rejected: tampering? cell 3, line 2", "did not accept", "could not be graded"),
+])
+def test_a_page_without_a_final_score_says_why(status: str, says: str, never: str) -> None:
+    from autograder.feedback import _failure_page
+
+    page = _failure_page({"lab": "lab02-convolution", "student": "ann", "status": status,
+                          "notes": ["<script>x</script>"]})
+    assert says in page and never not in page
+    assert "<script>" not in page and "&lt;script&gt;" in page
