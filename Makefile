@@ -84,11 +84,11 @@ TEST_JOBS ?= auto
 test: book labs
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup
 
-# The tests whose expectations depend on privilege (sandbox levels, scratch, integrity, workflow),
-# alone: CI runs them again as root (`sudo -E make test-grader`) after `make test` as its user,
-# and .ci/run again as an unprivileged user. No prerequisites, so nothing is rebuilt as root.
-GRADER_TESTS := tests/test_grader_levels.py tests/test_grader_scratch.py tests/test_grader_integrity.py \
-                tests/test_grader_workflow.py
+# The tests whose expectations depend on privilege (every grader test: sandbox levels, scratch,
+# rules, integrity, intake, outputs, check, workflow), alone: CI runs them again as root
+# (`sudo -E make test-grader`) after `make test` as its user, and .ci/run again as an
+# unprivileged user. No prerequisites, so nothing is rebuilt as root.
+GRADER_TESTS := $(sort $(wildcard tests/test_grader_*.py))
 test-grader:
 	PYTHONDONTWRITEBYTECODE=1 $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup -p no:cacheprovider $(GRADER_TESTS)
 

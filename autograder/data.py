@@ -24,10 +24,41 @@ import numpy as np
 import torch
 
 SEED_ENV = "DLMI_HELDOUT_SEED"
+SEED_FD_ENV = "_DLMI_HELDOUT_SEED_FD"  # set by reexec_without_seed: a pipe that holds the seed
 SECRET_FILE = ".dlmi-heldout-secret"
-# read once and removed from this process's environment, so that no process the grader starts after
-# (the kernel zygote, hence every kernel: /proc/self/environ) inherits it
-_ENV_SEED = os.environ.pop(SEED_ENV, None)
+
+
+def _take_seed() -> tuple[str | None, bool]:
+    """The seed, from the environment or from the pipe a re-exec left, and whether it came from
+    the environment; removed from ``os.environ`` so that no process the grader starts (the kernel
+    zygote, hence every kernel) inherits it."""
+    fd = os.environ.pop(SEED_FD_ENV, None)
+    if fd is not None:
+        with os.fdopen(int(fd), "rb") as pipe:
+            return pipe.read().decode(), False
+    seed = os.environ.pop(SEED_ENV, None)
+    return seed, seed is not None
+
+
+_ENV_SEED, _SEED_IN_ENVIRON = _take_seed()
+
+
+def reexec_without_seed(module: str, argv: list[str]) -> None:
+    """Replace this process by ``python -m module argv`` without ``$DLMI_HELDOUT_SEED`` in its
+    environment block, the seed handed over in a pipe. Deleting the variable from ``os.environ``
+    does not change ``/proc/<pid>/environ``, which any process of the same user can read — a
+    kernel too, where no sandbox separates it from the grader (isolation ``none``)."""
+    if not _SEED_IN_ENVIRON or _ENV_SEED is None:
+        return
+    read, write = os.pipe()
+    os.write(write, _ENV_SEED.encode())
+    os.close(write)
+    os.set_inheritable(read, True)
+    env = {k: v for k, v in os.environ.items() if k != SEED_ENV}
+    env[SEED_FD_ENV] = str(read)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", module, *argv], env)
 
 
 def _seed_from(text: str) -> int:

@@ -278,13 +278,18 @@ def test_a_run_never_hands_out_a_user_id_twice(tmp_path: Path) -> None:
     assert len(set(uids)) == 3 and other_run[0] == uids[0]
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user id needs root")
 def test_scrub_removes_only_what_the_user_id_owns(tmp_path: Path) -> None:
+    """As root: files given to a sandbox id go, others stay. Without root no file can be given
+    away (the uid level needs root anyway): another id's scrub removes none of ours."""
     from autograder.kernel import scrub_uid
     mine, theirs = tmp_path / "planted", tmp_path / "someone_else"
     (tmp_path / "dir").mkdir()
     for path in (mine, tmp_path / "dir" / "deep", theirs):
         path.write_text("x")
+    if os.geteuid() != 0:
+        assert scrub_uid(299_999, (str(tmp_path),)) == [] and mine.exists() and theirs.exists()
+        assert sorted(scrub_uid(os.getuid(), (str(tmp_path),))) == sorted(map(str, (mine, theirs, tmp_path / "dir")))
+        return
     for path in (mine, tmp_path / "dir"):
         os.chown(path, 299_999, 299_999)
     removed = scrub_uid(299_999, (str(tmp_path),))
@@ -660,9 +665,14 @@ def _printed(results: Path, res: dict, tag: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.geteuid() != 0, reason="user ids need root; without it the grader says it runs unsandboxed")
 def test_nothing_planted_by_one_hand_in_reaches_the_next(graded_state: tuple) -> None:
+    """As root: one sandbox user id per hand-in, keyrings and SysV IPC refused, nothing planted is
+    found. Without root there is no sandbox to keep hand-ins apart, and every result says so."""
     results, base = graded_state
+    if os.geteuid() != 0:
+        assert {r["isolation"] for r in results.values()} == {"none"}, results
+        assert all(r["status"].startswith(("graded", "review: ")) for r in results.values())
+        return
     plant = _printed(base, results["state_1_plant"], "PLANTED")
     uids = {_printed(base, results[n], "FOUND" if "read" in n else "PLANTED").split("UID")[-1].strip()
             for n in results}
