@@ -88,16 +88,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
                 grade.print_progress(res)
 
             results = pool.run(jobs, {lab.name: pack}, on_result)
-    trouble = None  # the gradebook is nbgrader's copy: its failure never costs the results or the CSV
-    try:
-        if base == root / "results":
-            feedback.record(root, results)
-        manual = feedback.manual_scores(root, lab.name)
-    except Exception as err:  # noqa: BLE001
-        trouble, manual = f"{type(err).__name__}: {err}", None
-    path = grade.write_csv(base, lab.name, manual)
-    if trouble:
-        _say(f"WARNING: gradebook.db was not updated ({trouble[:500]}); the results and the CSV are complete")
+    path, trouble = _gradebook_and_csv(root, base, lab.name, results if base == root / "results" else None)
     counts: dict[str, int] = {}
     for res in results:
         key = res["status"].split(":")[0]
@@ -180,19 +171,29 @@ def cmd_merge(args: argparse.Namespace) -> int:
         if graded_nb.is_dir():
             shutil.copytree(graded_nb, target)
         course.write_json(base / args.lab / f"{student}.json", res)
-    trouble = None  # the gradebook is nbgrader's copy: its failure never costs the merged results or the CSV
-    try:
-        if stale:
-            feedback.forget(root, args.lab, stale)
-        feedback.record(root, merged)
-        manual = feedback.manual_scores(root, args.lab)
-    except Exception as err:  # noqa: BLE001
-        trouble, manual = f"{type(err).__name__}: {err}", None
-    csv_path = grade.write_csv(base, args.lab, manual)
-    if trouble:
-        _say(f"WARNING: gradebook.db was not updated ({trouble[:500]}); the results and the CSV are complete")
+    csv_path, trouble = _gradebook_and_csv(root, base, args.lab, merged, stale)
     print(f"merged {len(merged)} result(s) from {len(args.shards)} shard(s) → {csv_path.relative_to(root)}")
     return 1 if trouble else 0
+
+
+def _gradebook_and_csv(root: Path, base: Path, lab: str, record: list[dict] | None,
+                       forget: list[str] | tuple[str, ...] = ()) -> tuple[Path, str | None]:
+    """Update nbgrader's gradebook (``forget`` students, ``record`` results) and write the class
+    CSV; returns (CSV path, what went wrong with the gradebook or None). The gradebook is
+    nbgrader's copy: its failure never costs the results or the CSV."""
+    trouble = None
+    try:
+        if forget:
+            feedback.forget(root, lab, list(forget))
+        if record is not None:
+            feedback.record(root, record)
+        manual = feedback.manual_scores(root, lab)
+    except Exception as err:  # noqa: BLE001
+        trouble, manual = f"{type(err).__name__}: {err}", None
+    path = grade.write_csv(base, lab, manual)
+    if trouble:
+        _say(f"WARNING: gradebook.db was not updated ({trouble[:500]}); the results and the CSV are complete")
+    return path, trouble
 
 
 def cmd_csv(args: argparse.Namespace) -> int:
