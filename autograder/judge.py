@@ -202,6 +202,20 @@ class GraderHelpers:
         finally:
             self.run("__import__('sys').modules['__dlmi_bridge__'].allow(to_mark=True)")
 
+    @contextlib.contextmanager
+    def substitute(self, name: str, source: str):
+        """While the block runs, the kernel's global ``name`` is the one ``source`` defines (a
+        reference helper), so a function that calls it is graded on its own code alone; the
+        student's own ``name`` comes back afterwards."""
+        saved = f"__dlmi_saved_{name}"
+        self.run(f"{saved} = ({name!r} in globals(), globals().get({name!r}))")
+        try:
+            self.run(source)
+            yield
+        finally:
+            self.run(f"if {saved}[0]:\n    globals()[{name!r}] = {saved}[1]\n"
+                     f"else:\n    globals().pop({name!r}, None)\ndel {saved}")
+
     def data_loads(self) -> list[dict[str, Any]]:
         """Every ``dlmi.load_medmnist*`` call the notebook made (flag, split, cell)."""
         return ask(self._session, "get", {"import": "__dlmi_bridge__:data_loads"})
