@@ -34,8 +34,8 @@ from . import audit, course, data, notebook, slots
 from .scratch import SCRATCH_ENV, uid_lock_dir  # noqa: F401 — SCRATCH_ENV for callers
 from .scratch import base as _scratch_base
 from .judge import judge_test
-from .kernel import (KernelSession, Limits, SubmissionFailure, claim_fresh_uid, claim_uid, gpu_devices,  # noqa: F401
-                     readonly_paths, slot_env)
+from .errors import SubmissionFailure
+from .kernel import KernelSession, Limits, claim_fresh_uid, gpu_devices, readonly_paths, slot_env
 from .sandbox import PRELOAD, Zygote, ZygoteClient, die_with_parent
 
 CSV_FIELDS = ["student", "status", "score", "max_score", "manual_score", "manual_max", "runtime_s", "device",

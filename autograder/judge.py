@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import bridge
-from .kernel import KernelSession, StudentError, SubmissionFailure
+from .errors import StudentError, SubmissionFailure
+from .kernel import KernelSession
 
 PREAMBLE = "import math\nimport numpy as np\nimport torch\nimport torch.nn.functional as F\n"
 _TRUSTED_MODULES = ("torch", "numpy", "collections", "builtins")

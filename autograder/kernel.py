@@ -30,25 +30,10 @@ from nbformat import NotebookNode
 from nbformat.v4 import output_from_msg
 
 from . import bridge, sandbox
+from .errors import StudentError, SubmissionFailure
 
 UID_BASE = 61000
 _PASS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "DLMI_SCALE", "DLMI_STANDIN_FRACTION", "DLMI_DATA_DIR")
-
-
-class SubmissionFailure(Exception):
-    """Grading of one submission cannot go on; ``status`` is ``failed`` or ``timeout``."""
-
-    def __init__(self, status: str, reason: str) -> None:
-        super().__init__(f"{status}: {reason}")
-        self.status, self.reason = status, reason
-
-
-class StudentError(Exception):
-    """The student's code raised while answering a judge request."""
-
-    def __init__(self, ename: str, evalue: str, traceback: list[str]) -> None:
-        super().__init__(f"{ename}: {evalue}")
-        self.ename, self.evalue, self.traceback = ename, evalue, traceback
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 from nbformat import NotebookNode
 
-from .kernel import SubmissionFailure
+from .errors import SubmissionFailure
 
 MAX_NOTEBOOK_BYTES = 64 << 20
 MAX_DEPTH = 64           # nesting of lists and objects a notebook may have
