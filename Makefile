@@ -19,11 +19,14 @@ LAB_SRC := $(shell find solutions autograder -type f -not -path '*/__pycache__/*
 .PHONY: all venv assets notebooks data rehearse book labs check test test-grader bench bench-gpu bench-recipes clean
 all: venv book labs
 
+# The course with every extra at the exact versions of constraints.txt (pyproject.toml has only
+# lower bounds: a student's `pip install` keeps the torch already there).
+CONSTRAINTS := constraints.txt
 venv: $(VENV)/.installed
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e ".[all]" -c $(CONSTRAINTS)
 	touch $@
 
 # MedMNIST files the book and labs load, downloaded with retries and MD5-checked into
