@@ -1,5 +1,11 @@
-"""Showing medical images: CT windowing and small plotting helpers."""
+"""Showing medical images: CT windowing, the book's figure style and its data callout."""
 from __future__ import annotations
+
+import contextlib
+import html
+import io
+import sys
+import textwrap
 
 import numpy as np
 
@@ -135,3 +141,86 @@ def house_style() -> None:
     from matplotlib.figure import Figure
 
     shell.display_formatter.formatters["image/png"].for_type(Figure, figure_png)
+
+
+# --------------------------------------------------------------------------------------------
+# One callout per page when MedMNIST data are the synthetic stand-in.
+
+#: What each 2D MedMNIST data set really shows (Yang et al. 2023 and the source studies).
+REAL_LOOK: dict[str, str] = {
+    "pathmnist": "H&E-stained patches of colorectal cancer tissue in colour (9 tissue types)",
+    "chestmnist": "frontal chest X-rays in grey levels (14 findings, several per image)",
+    "dermamnist": "dermatoscope colour photographs of pigmented skin lesions (7 types)",
+    "octmnist": "grey-level retinal OCT cross-sections (4 diagnoses)",
+    "pneumoniamnist": "grey-level paediatric chest X-rays, normal or pneumonia",
+    "retinamnist": "colour fundus photographs graded 0–4 for diabetic retinopathy",
+    "breastmnist": "grey-level breast ultrasound images, malignant or normal/benign",
+    "bloodmnist": "colour microscope images of single blood cells (8 types)",
+    "tissuemnist": "grey-level microscope images of kidney cortex cells (8 types)",
+    "organamnist": "grey-level axial abdominal CT slices of 11 organs",
+    "organcmnist": "grey-level coronal abdominal CT slices of 11 organs",
+    "organsmnist": "grey-level sagittal abdominal CT slices of 11 organs",
+}
+NOTICE_WIDTH = 88   # characters per line of the plain-text callout
+
+
+class StandinNotice:
+    """The callout a page shows once when some of its MedMNIST data sets are the synthetic
+    stand-in: rendered as an HTML admonition in the book and in notebooks, wrapped plain text
+    elsewhere."""
+
+    def __init__(self, flags: list[str], size: int = 28) -> None:
+        if not flags:
+            raise ValueError("StandinNotice needs at least one stand-in flag")
+        self.flags, self.size = list(flags), size
+
+    def paragraphs(self) -> tuple[str, list[str]]:
+        """(title, paragraphs) of the callout, as plain text."""
+        from medmnist.info import INFO
+
+        names = [INFO[f]["python_class"] for f in self.flags]
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        one = len(names) == 1
+        title = "The MedMNIST images on this page are synthetic"
+        body = [
+            f"The real MedMNIST file{'' if one else 's'} for {listed} could not be had when "
+            f"this page was run, so {'it is' if one else 'they are'} replaced by the synthetic "
+            "stand-in of dlmi.standin: generated images in the same format, not patient data. "
+            "Numbers computed from them show that the code runs, not how well it would do on "
+            "the real images.",
+            "What the real images look like, at "
+            f"{self.size}×{self.size} pixels: "
+            + "; ".join(f"{n}: {REAL_LOOK.get(f, 'see medmnist.INFO')}"
+                        for f, n in zip(self.flags, names)) + ".",
+            "Fetch the real files with `dlmi-data fetch` (see Setup) and run the page again.",
+        ]
+        return title, body
+
+    def _repr_html_(self) -> str:
+        title, body = self.paragraphs()
+        paras = "".join(f"<p>{html.escape(p)}</p>" for p in body)
+        return (f'<div class="admonition warning dlmi-standin">'
+                f'<p class="admonition-title">{html.escape(title)}</p>{paras}</div>')
+
+    def __repr__(self) -> str:
+        title, body = self.paragraphs()
+        lines = [title.upper()] + ["\n".join(textwrap.wrap(p, NOTICE_WIDTH)) for p in body]
+        return "\n\n".join(lines)
+
+
+def data_notice(*flags: str, size: int = 28) -> StandinNotice | None:
+    """Decide where each MedMNIST ``flag`` comes from (:func:`dlmi.datasets.resolve_mode`) and
+    return one :class:`StandinNotice` for those that are the synthetic stand-in, or ``None``
+    when all are real. Call it once, in a page's first cell, as the cell's last expression:
+    the per-data-set NOTICE lines on stderr are replaced by that one callout (later loads of
+    the same flags are silent); anything else written to stderr is passed on."""
+    from .datasets import resolve_mode
+
+    captured = io.StringIO()
+    with contextlib.redirect_stderr(captured):
+        modes = {flag: resolve_mode(flag, size) for flag in flags}
+    other = [line for line in captured.getvalue().splitlines() if not line.startswith("NOTICE: ")]
+    if other:
+        print("\n".join(other), file=sys.stderr)
+    synthetic = [flag for flag, mode in modes.items() if mode == "synthetic"]
+    return StandinNotice(synthetic, size) if synthetic else None
