@@ -2,7 +2,7 @@
 
 ``python book/_ext/notebooks.py`` writes ``notebooks/<chapter>.ipynb`` from ``book/<chapter>.md``
 (jupytext, no outputs) with a first cell that installs the course library where it is missing
-(Colab). ``--check`` only says whether the committed notebooks are up to date (exit 1 if not).
+(Colab): the light install, without extras, that keeps the torch and torchvision already there. ``--check`` only says whether the committed notebooks are up to date (exit 1 if not).
 The repository URL comes from ``DLMI_REPOSITORY_URL`` or ``book/_config.yml``.
 """
 from __future__ import annotations
@@ -19,14 +19,17 @@ ROOT = Path(__file__).resolve().parents[2]
 BOOK = ROOT / "book"
 OUT = ROOT / "notebooks"
 
-SETUP = '''# Colab or a fresh Python: install the course library `dlmi` if it is missing.
+SETUP = '''# Colab or a fresh Python: install the course library `dlmi` if it is missing. Without extras
+# it keeps the torch and torchvision already installed (Colab's): they are named at their versions.
 import importlib.util
 import subprocess
 import sys
+from importlib.metadata import version
 
 if importlib.util.find_spec("dlmi") is None:
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
-                           "git+{repo}"])'''
+    keep = [f"{{name}}=={{version(name)}}" for name in ("torch", "torchvision")
+            if importlib.util.find_spec(name) is not None]
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "git+{repo}", *keep])'''
 
 
 def repository_url() -> str:
