@@ -1,16 +1,24 @@
-"""``dlmi-grader``: release labs, grade hand-ins, write feedback, check the labs, merge shards."""
+"""``dlmi-grader``: release labs, grade hand-ins, write feedback, check the labs, merge shards;
+``validate`` checks a student's notebook before hand-in.
+
+Each subcommand imports what it needs when it runs: ``validate`` works from a student's install,
+which has no nbgrader, bleach or Sphinx (the grader's extras).
+"""
 from __future__ import annotations
 
 import argparse
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import course, data, feedback, grade, intake, sandbox
+from . import course, data, sandbox
+
+if TYPE_CHECKING:
+    from . import grade, intake
 
 
 def _root(args: argparse.Namespace) -> Path:
@@ -25,8 +33,9 @@ def _lab_list(args: argparse.Namespace, root: Path) -> list[str]:
 
 
 def _options(args: argparse.Namespace, settings: list[dict] | None = None) -> grade.Options:
+    from . import grade, slots
     device, gpus = grade.resolve_device(args.device)
-    plan = grade.plan_gpu_slots(settings or [], args.workers) if device == "cuda" else None
+    plan = slots.plan_for_labs(settings or [], args.workers) if device == "cuda" else None
     workers = plan.workers if plan else args.workers or os.cpu_count() or 1
     if plan:
         print(f"GPU plan: {plan.describe()}" + "".join(f"\n  {n}" for n in plan.notes), file=sys.stderr)
@@ -56,10 +65,12 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
+    from . import grade, intake
+    from . import results as store
     root = _root(args)
     lab = course.load_lab(args.lab, root)
     options = _options(args, [lab.settings])
-    base = grade.results_dir(root, options)
+    base = store.results_dir(root, options.results)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dlmi-intake-") as tmp:
         ids = grade.notebook.lab_ids(lab.source)
@@ -72,7 +83,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
         for sub in subs:
             if sub.choice:
                 _say(f"{sub.student}: {sub.choice}" + (f" — REVIEW: {sub.review}" if sub.review else ""))
-        for old in grade.drop_renamed(base, lab.name, {s.origin: s.student for s in subs}):
+        for old in store.drop_renamed(base, lab.name, {s.origin: s.student for s in subs}):
             _say(f"removed the result {old} (the same hand-in, now graded under its new id)")
         by_id = {s.student: s for s in subs}
         jobs = [grade.Job(lab.name, s.student, s.origin, str(s.notebook) if s.notebook else None, s.problem)
@@ -84,8 +95,8 @@ def cmd_grade(args: argparse.Namespace) -> int:
 
             def on_result(res: dict) -> None:
                 _annotate(res, by_id.get(res["student"]))
-                grade.save_result(res, base)
-                grade.print_progress(res)
+                store.save_result(res, base)
+                store.print_progress(res)
 
             results = pool.run(jobs, {lab.name: pack}, on_result)
     path, trouble = _gradebook_and_csv(root, base, lab.name, results if base == root / "results" else None)
@@ -117,6 +128,7 @@ def _annotate(res: dict, sub: intake.Submission | None) -> None:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
+    from . import feedback
     root = _root(args)
     errors: list[str] = []
     pages = feedback.generate(root, args.lab, args.student or None, errors)
@@ -138,6 +150,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """Make results/<lab>/ exactly the union of the shards given (each a --results folder), then one
     CSV. Results already there that no shard holds (a student removed from the class, an older run)
     are moved apart to results/removed/<time>/, their gradebook entries and feedback pages removed."""
+    from . import results as store
     root = _root(args)
     base = root / "results"
     merged: list[dict] = []
@@ -145,7 +158,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     for shard_dir in map(Path, args.shards):
         if not (shard_dir / args.lab).is_dir():
             _say(f"WARNING: {shard_dir} holds no results of {args.lab}")
-        for res in grade.load_results(shard_dir, args.lab):
+        for res in store.load_results(shard_dir, args.lab):
             student = res["student"]
             if not re.fullmatch(r"[A-Za-z0-9_@~-][A-Za-z0-9_.@~-]*", student):
                 _say(f"WARNING: a result in {shard_dir} has an unusable student id {student!r}; left out")
@@ -156,21 +169,14 @@ def cmd_merge(args: argparse.Namespace) -> int:
             merged.append(res)
     if not merged:
         raise SystemExit(f"no results of {args.lab} in {', '.join(args.shards)}")
-    stale = sorted({r["student"] for r in grade.load_results(base, args.lab)} - set(owner))
+    stale = sorted({r["student"] for r in store.load_results(base, args.lab)} - set(owner))
     if stale:
         apart = base / "removed" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         for student in stale:
-            grade.remove_result(base, args.lab, student, keep_apart=apart)
+            store.remove_result(base, args.lab, student, keep_apart=apart)
         _say(f"{len(stale)} result(s) no shard holds moved to {apart.relative_to(root)}: {', '.join(stale)}")
     for res in merged:
-        student, shard_dir = res["student"], Path(owner[res["student"]])
-        graded_nb = shard_dir / "autograded" / student / args.lab
-        target = base / "autograded" / student / args.lab
-        if target.exists():
-            shutil.rmtree(target)
-        if graded_nb.is_dir():
-            shutil.copytree(graded_nb, target)
-        course.write_json(base / args.lab / f"{student}.json", res)
+        store.copy_result(res, Path(owner[res["student"]]), base)
     csv_path, trouble = _gradebook_and_csv(root, base, args.lab, merged, stale)
     print(f"merged {len(merged)} result(s) from {len(args.shards)} shard(s) → {csv_path.relative_to(root)}")
     return 1 if trouble else 0
@@ -181,32 +187,38 @@ def _gradebook_and_csv(root: Path, base: Path, lab: str, record: list[dict] | No
     """Update nbgrader's gradebook (``forget`` students, ``record`` results) and write the class
     CSV; returns (CSV path, what went wrong with the gradebook or None). The gradebook is
     nbgrader's copy: its failure never costs the results or the CSV."""
+    from . import feedback
+    from . import results as store
     trouble = None
     try:
         if forget:
-            feedback.forget(root, lab, list(forget))
+            store.forget(root, lab, list(forget))
         if record is not None:
-            feedback.record(root, record)
+            store.record(root, record)
         manual = feedback.manual_scores(root, lab)
     except Exception as err:  # noqa: BLE001
         trouble, manual = f"{type(err).__name__}: {err}", None
-    path = grade.write_csv(base, lab, manual)
+    path = store.write_csv(base, lab, manual)
     if trouble:
         _say(f"WARNING: gradebook.db was not updated ({trouble[:500]}); the results and the CSV are complete")
     return path, trouble
 
 
 def cmd_csv(args: argparse.Namespace) -> int:
+    from . import feedback
+    from . import results as store
     root = _root(args)
-    print(grade.write_csv(root / "results", args.lab, feedback.manual_scores(root, args.lab)))
+    print(store.write_csv(root / "results", args.lab, feedback.manual_scores(root, args.lab)))
     return 0
 
 
 def cmd_review(args: argparse.Namespace) -> int:
     """List the hand-ins in review, or accept / reject one (its kept score becomes final, or none)."""
+    from . import feedback, grade
+    from . import results as store
     root = _root(args)
     base = Path(args.results).resolve() if args.results else root / "results"
-    results = {r["student"]: r for r in grade.load_results(base, args.lab)}
+    results = {r["student"]: r for r in store.load_results(base, args.lab)}
     if not args.student:
         pending = [r for r in results.values() if (r.get("integrity") or {}).get("state") == "pending"]
         for r in pending:
@@ -220,13 +232,18 @@ def cmd_review(args: argparse.Namespace) -> int:
     if args.accept == args.reject:
         raise SystemExit("say --accept or --reject")
     res = grade.decide_review(results[args.student], accept=args.accept, who=os.environ.get("USER", ""))
-    course.write_json(base / args.lab / f"{args.student}.json", res)
+    store.write_result(base, res)
     if base == root / "results":
-        feedback.record(root, [res])
-    path = grade.write_csv(base, args.lab, feedback.manual_scores(root, args.lab))
+        store.record(root, [res])
+    path = store.write_csv(base, args.lab, feedback.manual_scores(root, args.lab))
     print(f"{args.student}: {res['status']}" + ("" if res.get("score") is None else f", score {res['score']:g}")
           + f"; class CSV: {path}")
     return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from . import validate
+    return validate.main(args.notebook, args.lab, args.root)
 
 
 def _grading_flags(p: argparse.ArgumentParser) -> None:
@@ -287,6 +304,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--reject", action="store_true", help="status 'rejected', no score")
     p.add_argument("--results", help="results folder (default <root>/results)")
     p.set_defaults(func=cmd_review)
+
+    p = sub.add_parser("validate", help="check your notebook before you hand it in: the lab's visible tests, run "
+                       "as the grader runs them (deleted or edited test cells restored)")
+    p.add_argument("notebook", help="your notebook (.ipynb)")
+    p.add_argument("--lab", help="the lab it belongs to (default: found from its cells)")
+    p.set_defaults(func=cmd_validate)
     return ap
 
 
