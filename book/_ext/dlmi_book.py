@@ -59,6 +59,7 @@ def config_inited(app: Sphinx, config: Any) -> None:
         **getattr(config, "myst_substitutions", {}),
         "repository": f"<{url}>",
         "pip_install": f'`!pip install -q "git+{url}"`',
+        "pip_install_local": f'`pip install "dlmi[jupyter] @ git+{url}"`',
         "clone": f"```bash\ngit clone {url} dlmi && cd dlmi\n"
                  "make        # .venv with pinned packages, the executed book, the labs\n"
                  "make test   # the test suite\n```",
