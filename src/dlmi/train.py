@@ -143,6 +143,20 @@ def scores(logits: torch.Tensor, multi_label: bool = False) -> torch.Tensor:
     return torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=1)
 
 
+def task_metrics(task: str, y: torch.Tensor, logits: torch.Tensor) -> dict[str, float]:
+    """AUC and ACC of ``logits`` for labels ``y`` by ``medmnist.Evaluator``'s rules for ``task``
+    (``info(flag)["task"]``): binary — AUC of the positive class's probability, ACC at 0.5;
+    multi-class and ordinal — mean one-vs-rest AUC, arg-max ACC; multi-label — a sigmoid per
+    label, AUC and ACC (at 0.5) per label, averaged."""
+    from medmnist.evaluator import getACC, getAUC
+
+    if task == "binary-class" and logits.shape[1] != 2:
+        raise ValueError(f"a binary task needs logits of shape (N, 2), got {tuple(logits.shape)}")
+    probs = scores(logits.float(), task.startswith("multi-label")).numpy()
+    labels = y.cpu().numpy()
+    return {"AUC": float(getAUC(labels, probs, task)), "ACC": float(getACC(labels, probs, task))}
+
+
 def medmnist_metrics(flag: str, split: str, logits: torch.Tensor, size: int = 28,
                      mode: str | None = None) -> dict[str, float]:
     """AUC and ACC from ``medmnist.Evaluator`` for logits over a whole split, on the data that
