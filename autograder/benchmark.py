@@ -41,7 +41,8 @@ import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from autograder import course, grade  # noqa: E402
+from autograder import course, data, slots  # noqa: E402
+from autograder import results as store  # noqa: E402
 
 SHIM = '''# benchmark only: the grader's helpers and the judge's imports inside the kernel, for plain nbgrader
 import contextlib as _contextlib
@@ -54,7 +55,7 @@ _bridge.install_data_audit()
 class _InKernelGrader:
     def __init__(self, settings, device):
         self.device = device
-        self.__dict__.update(_data.providers(settings))
+        self.__dict__.update(_data.providers(settings, DATA_MODE))
 
     def kernel(self, path):
         return _bridge._resolve({"import": path}, get_ipython().user_ns)
@@ -100,7 +101,7 @@ def run_ours(lab: course.Lab, k: int, tmp: Path, workers: int | None, device: st
     wall = time.monotonic() - start
     if out.returncode:
         raise RuntimeError(f"dlmi-grader failed:\n{out.stderr[-3000:]}")
-    results = grade.load_results(tmp / "ours", lab.name)
+    results = store.load_results(tmp / "ours", lab.name)
     full = sum(1 for r in results if r["status"] == "graded" and r["score"] == r["max_score"])
     return {"wall_s": wall, "full_marks": full, "per_submission_s": statistics.median(r["runtime_s"] for r in results)}
 
@@ -111,9 +112,9 @@ def run_plain(lab: course.Lab, k: int, tmp: Path, device: str) -> dict:
     for name, path in lab.files().items():
         shutil.copy(path, plain / "source" / lab.name / name)
     nb = nbformat.read(lab.folder / f"{lab.name}.ipynb", as_version=4)
-    env, _ = grade.prepare_data(lab.settings)
-    settings = {**lab.settings, "_env": env}
-    shim = SHIM.replace("SETTINGS", repr(settings)).replace("DEVICE", repr(device))
+    env, _ = data.prepare_data(lab.settings)
+    shim = SHIM.replace("SETTINGS", repr(lab.settings)).replace("DATA_MODE", repr(env.get("DLMI_DATA"))) \
+        .replace("DEVICE", repr(device))
     nb.cells.insert(0, nbformat.v4.new_code_cell(shim))
     nbformat.write(nb, plain / "source" / lab.name / f"{lab.name}.ipynb")
     (plain / "nbgrader_config.py").write_text(
@@ -182,9 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     course.nbgrader_ready()
     if args.per_gpu:
-        gpus = len(grade.detect_gpus()) if args.device == "cuda" else 0
+        gpus = len(slots.inventory()) if args.device == "cuda" else 0
         if args.device == "cuda":
-            plan = grade.plan_gpu_slots([course.load_lab(n, ROOT).settings for n in args.labs])
+            plan = slots.plan_for_labs([course.load_lab(n, ROOT).settings for n in args.labs])
             print(f"the grader's own plan here: {plan.describe()}", flush=True)
         rows = []
         for name in args.labs:

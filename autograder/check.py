@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from . import course, grade, notebook
+from .results import print_progress
 
 _MARKERS = ("### BEGIN SOLUTION", "### END SOLUTION", notebook.HIDDEN_BEGIN, notebook.HIDDEN_END)
 
@@ -97,9 +98,10 @@ def stale(lab: course.Lab, fresh: Path) -> list[str]:
     return problems
 
 
-def run(root: Path, names: list[str], options: grade.Options) -> bool:
-    """Run every check for ``names``; print a report; True when all pass."""
-    labs = [course.load_lab(n, root) for n in names]
+def _grade_labs(root: Path, labs: list[course.Lab], options: grade.Options) -> tuple[list[dict], list[str]]:
+    """Grade each lab's reference solution and its released blank (kept in memory, never written as
+    results); also compare ``labs/`` with a fresh release and look for leaks. Returns the results and
+    the problems found so far."""
     problems: list[str] = []
     with tempfile.TemporaryDirectory(prefix="dlmi-check-") as tmp, grade.Pool(options, root, labs, 2 * len(labs)) as pool:
         jobs, packs = [], {}
@@ -112,20 +114,30 @@ def run(root: Path, names: list[str], options: grade.Options) -> bool:
                      grade.Job(lab.name, "blank", f"labs/{lab.name}",
                                str(blank if blank.exists() else fresh / f"{lab.name}.ipynb"))]
         problems += leaks(root, labs)
-        options.results = Path(tmp) / "results"
-        results = pool.run(jobs, packs, grade.print_progress)
-    for res in sorted(results, key=lambda r: (r["lab"], r["student"])):
-        kind, lab = res["student"], res["lab"]
-        if res["status"] != "graded":
-            problems.append(f"{lab} {kind}: {res['status']}")
-            continue
-        failed = [t for t in res["tests"] if not t["passed"]]
-        if kind == "solution" and (failed or res["score"] != res["max_score"]):
-            problems += [f"{lab} solution fails {t['grade_id']}: {t['message']}\n{t.get('detail', '')}" for t in failed]
-        if kind == "blank" and res["score"] != 0:
-            passed = [t["grade_id"] for t in res["tests"] if t["passed"]]
-            problems.append(f"{lab} blank notebook scores {res['score']:g}: {', '.join(passed)} pass without an answer")
-    for res in sorted(results, key=lambda r: (r["lab"], r["student"])):
+        return pool.run(jobs, packs, print_progress), problems
+
+
+def _score_problems(res: dict) -> list[str]:
+    """What is wrong with a result of ``check``: the solution short of full marks, the blank above 0."""
+    kind, lab = res["student"], res["lab"]
+    if res["status"] != "graded":
+        return [f"{lab} {kind}: {res['status']}"]
+    failed = [t for t in res["tests"] if not t["passed"]]
+    if kind == "solution" and (failed or res["score"] != res["max_score"]):
+        return [f"{lab} solution fails {t['grade_id']}: {t['message']}\n{t.get('detail', '')}" for t in failed]
+    if kind == "blank" and res["score"] != 0:
+        passed = [t["grade_id"] for t in res["tests"] if t["passed"]]
+        return [f"{lab} blank notebook scores {res['score']:g}: {', '.join(passed)} pass without an answer"]
+    return []
+
+
+def run(root: Path, names: list[str], options: grade.Options) -> bool:
+    """Run every check for ``names``; print a report; True when all pass."""
+    results, problems = _grade_labs(root, [course.load_lab(n, root) for n in names], options)
+    results.sort(key=lambda r: (r["lab"], r["student"]))
+    for res in results:
+        problems += _score_problems(res)
+    for res in results:
         print(f"{res['lab']:<24} {res['student']:<9} {res['status']:<8} "
               f"{'' if res['score'] is None else format(res['score'], 'g')}/{res.get('max_score', 0):g}  "
               f"{res.get('runtime_s')} s")

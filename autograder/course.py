@@ -6,11 +6,11 @@ Layout (relative to the course root, the repository root by default):
 * ``labs/<lab>/`` — the student copy, made by :func:`release` (nbgrader ``generate_assignment``);
 * ``gradebook.db`` — nbgrader's gradebook; ``results/<lab>/`` — our per-student JSON and CSV;
 * ``results/autograded/<student>/<lab>/`` — graded notebooks (nbgrader's formgrader reads them);
+  :mod:`autograder.results` writes these three;
 * ``feedback/<student>/<lab>/`` — HTML feedback.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -167,10 +167,3 @@ def released_notebook(lab: Lab) -> NotebookNode:
         out = generate(lab, Path(tmp) / lab.name)
         return nbformat.read(out / f"{lab.name}.ipynb", as_version=NB_VERSION)
 
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (a crash never leaves half a result file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)

@@ -5,6 +5,7 @@ before a hidden test asks for it, and its labels never leave the judge.
   real data is used (the labs never load it, and kernels never see it: :func:`kernel_copy`), else
   a fresh sample of the synthetic stand-in drawn with the course's secret seed (:func:`heldout_seed`).
 * :func:`split` — the same ``train``/``val`` data the student's notebook sees.
+* :func:`prepare_data` — the read-only view of the data set kernels load (no test split in it).
 * :func:`heldout_seed` — the course's secret: ``$DLMI_HELDOUT_SEED`` (in CI a variable of the private
   grading repository), else a random
   number kept in the git-ignored file ``.dlmi-heldout-secret`` (mode 0600) of the course root,
@@ -22,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .scratch import base as scratch_base
 
 SEED_ENV = "DLMI_HELDOUT_SEED"
 SEED_FD_ENV = "_DLMI_HELDOUT_SEED_FD"  # set by reexec_without_seed: a pipe that holds the seed
@@ -116,6 +119,35 @@ def kernel_copy(source: Path, target: Path, splits: list[str]) -> Path:
     return target
 
 
+def prepare_data(settings: dict[str, Any], root: Path | None = None) -> tuple[dict[str, str], list[str]]:
+    """Make the lab's data set readable by kernels: (environment, paths to bind read-only).
+
+    Kernels see only a copy, in a grader folder that mirrors the data root, holding the splits the
+    lab may load (``metadata.dlmi.data.splits``, default train and val); every other split (test)
+    is there as blank placeholder arrays of the same shape, so the test images never enter a
+    kernel's file system (:func:`kernel_copy`).
+    """
+    spec = settings.get("data")
+    if not spec:
+        return {}, []
+    from dlmi.datasets import data_root, resolve
+
+    flag, size = spec["flag"], spec.get("size", 28)
+    splits = list(spec.get("splits", ["train", "val"]))
+    if "test" in splits:
+        raise ValueError("the test split is the grader's held-out data: a lab may not load it (metadata.dlmi.data)")
+    mode, _, path = resolve(flag, size)
+    rel = path.resolve().relative_to(data_root().resolve())
+    view = Path(scratch_base()) / "data"
+    target = view / rel
+    kernel_copy(path, target, splits)
+    for p in [target, *target.parents]:
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+        if p == view:
+            break
+    return {"DLMI_DATA": mode, "DLMI_DATA_DIR": str(view)}, [str(view)]
+
+
 def _tensors(images: Any, labels: Any, task: str) -> tuple[torch.Tensor, torch.Tensor]:
     """MedMNIST arrays (uint8, channels-last) → ``(x, y)`` as :func:`dlmi.load_medmnist_tensors` gives."""
     x = torch.from_numpy(images).float().div_(255)
@@ -155,19 +187,23 @@ def split(flag: str, name: str, size: int = 28, mode: str = "synthetic",
     return x[:n], y[:n]
 
 
-def providers(settings: dict[str, Any]) -> dict[str, Any]:
-    """The ``grader.<name>`` helpers hidden tests of a lab with a data set may use."""
-    if "_heldout_seed" in settings:  # put there by the grader (grade.prepare_data)
-        seed = settings["_heldout_seed"]
-    else:
+def providers(settings: dict[str, Any], mode: str | None = None, seed: int | None = None) -> dict[str, Any]:
+    """The ``grader.<name>`` helpers hidden tests of a lab with a data set may use: ``mode`` is the data
+    the lab's kernels load (``real`` or ``synthetic``, the ``DLMI_DATA`` of :func:`prepare_data`),
+    ``seed`` the course's held-out seed (default :func:`heldout_seed`; outside a course, as in the
+    benchmark's in-kernel stand-in, a secret of its own)."""
+    if seed is None:
         try:
             seed = heldout_seed()
-        except FileNotFoundError:  # outside a course (the benchmark's in-kernel stand-in): a secret of its own
+        except FileNotFoundError:
             seed = secrets.randbits(62)
     base: dict[str, Any] = {"heldout_seed": seed}  # for hidden tests that draw their own hidden set
-    data = settings.get("data")
-    if not data:
+    spec = settings.get("data")
+    if not spec:
         return base
-    flag, size, mode = data["flag"], data.get("size", 28), settings["_env"]["DLMI_DATA"]
+    if mode is None:
+        raise ValueError(f"the lab loads {spec['flag']}: its grader helpers need the data mode its kernels "
+                         "use (real or synthetic; see prepare_data)")
+    flag, size = spec["flag"], spec.get("size", 28)
     return {**base, "heldout": functools.partial(heldout, flag, size, mode, seed=seed),
             "dataset": functools.partial(split, flag, size=size, mode=mode), "data_mode": mode, "flag": flag}

@@ -1,7 +1,7 @@
 """nbgrader's gradebook and feedback, fed from our results.
 
-* :func:`record` writes each result into ``gradebook.db`` (auto scores per test; nothing for a
-  failed submission), so nbgrader's formgrader can be used for the written questions.
+* :func:`autograder.results.record` writes each result into ``gradebook.db`` (auto scores per
+  test; nothing for a failed submission), so nbgrader's formgrader can be used for the written questions.
 * :func:`generate` writes ``feedback/<student>/<lab>/<lab>.html`` with nbgrader's feedback
   exporter. :class:`HideHiddenTests` (configured in :func:`autograder.course.nbgrader_config`)
   runs first: hidden-test source is replaced by a placeholder; their outputs are only the
@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import html
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,48 +44,6 @@ class SanitizeHtml(NbGraderPreprocessor):
 
 def _db_url(root: Path) -> str:
     return str(course.nbgrader_config(root).CourseDirectory.db_url)
-
-
-def record(root: Path, results: list[dict[str, Any]]) -> None:
-    """Write auto scores of ``results`` into the gradebook (failures leave scores empty)."""
-    from nbgrader.api import Gradebook
-
-    for lab in sorted({res["lab"] for res in results}):
-        course.ensure_gradebook(course.load_lab(lab, root))
-    with Gradebook(_db_url(root)) as gb, warnings.catch_warnings():
-        # nbgrader 0.9.6's add_submission trips an autoflush warning of SQLAlchemy 2 that changes nothing
-        warnings.filterwarnings("ignore", message=".*not in session.*")
-        for res in results:
-            lab, student = res["lab"], res["student"]
-            gb.update_or_create_student(student)
-            gb.update_or_create_submission(lab, student)
-            scores = {t["grade_id"]: t["points"] for t in res.get("tests", [])}
-            graded = res.get("status") == "graded"
-            for cell in gb.find_notebook(lab, lab).grade_cells:
-                if cell.cell_type != "code" or (graded and cell.name not in scores):
-                    continue
-                grade = gb.find_grade(cell.name, lab, lab, student)
-                grade.auto_score = scores.get(cell.name) if graded else None
-            gb.db.commit()
-
-
-def forget(root: Path, lab: str, students: list[str]) -> None:
-    """Remove ``students``' submissions of ``lab`` from the gradebook and their feedback pages
-    (their results were taken out of the class)."""
-    import shutil
-
-    from nbgrader.api import Gradebook, MissingEntry
-
-    for student in students:
-        shutil.rmtree(root / "feedback" / student / lab, ignore_errors=True)
-    if not (root / "gradebook.db").exists():
-        return
-    with Gradebook(_db_url(root)) as gb:
-        for student in students:
-            try:
-                gb.remove_submission(lab, student)
-            except MissingEntry:
-                pass
 
 
 def manual_scores(root: Path, lab: str) -> dict[str, float | None]:
@@ -139,7 +96,7 @@ def generate(root: Path, lab: str, students: list[str] | None = None,
     from nbgrader.apps import NbGraderAPI
     from nbgrader.coursedir import CourseDirectory
 
-    from .grade import load_results
+    from .results import load_results, record
 
     cfg = course.nbgrader_config(root)
     api = NbGraderAPI(CourseDirectory(config=cfg), config=cfg)

@@ -51,8 +51,8 @@ for path in sorted(base.glob("lab*/*.json")):
 PY
 
 if [ "${SWEEP:-1}" != 0 ]; then
-  python3 -c "from autograder import grade; print('GPU plan for lab03:', grade.plan_gpu_slots([grade.course.load_lab(\
-'lab03-cnn-classifier', grade.course.course_root(None)).settings]).describe())"
+  python3 -c "from autograder import course, slots; print('GPU plan for lab03:', slots.plan_for_labs([course.load_lab(\
+'lab03-cnn-classifier', course.course_root(None)).settings]).describe())"
   python3 autograder/benchmark.py --device cuda --labs lab03-cnn-classifier -k "${SWEEP_K:-16}" \
       --per-gpu ${SWEEP_PER_GPU:-1 2 4 8} --json "$out/sweep.json" 2>&1 | tee "$out/sweep.log"
 fi

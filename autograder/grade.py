@@ -1,20 +1,19 @@
-"""Grade hand-ins: each in its own sandboxed kernel, several at once, results as JSON and CSV.
+"""Grade one hand-in in a worker process, several at once in a :class:`Pool`.
 
-One submission is graded by :func:`grade_job` in a worker process: read and identify the
-notebook, rebuild it from the lab's source, execute its cells in a fresh sandboxed kernel, and
-judge every test cell in the worker (see :mod:`autograder.judge`). A problem that stops
-grading becomes the status ``failed: <reason>`` or ``timeout: <reason>`` — never 0 points.
+One submission is graded by :func:`grade_job` with a :class:`Worker` (its slot, options, kernel
+zygote): read and identify the notebook, rebuild it from the lab's source, execute its cells in a
+fresh sandboxed kernel, and judge every test cell in the worker (see :mod:`autograder.judge`). A
+problem that stops grading becomes the status ``failed: <reason>`` or ``timeout: <reason>`` —
+never 0 points. The result is a record; :mod:`autograder.results` writes it. The lab's data view
+comes from :mod:`autograder.data`, the GPU plan from :mod:`autograder.slots`.
 """
 from __future__ import annotations
 
-import csv
 import importlib
+import json
 import multiprocessing as mp
 import os
 import queue
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,21 +25,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 import nbformat
-import psutil
 from nbformat import NotebookNode
 from nbformat.v4 import new_output
 
 from . import audit, course, data, notebook, slots
-from .scratch import SCRATCH_ENV, uid_lock_dir  # noqa: F401 — SCRATCH_ENV for callers
-from .scratch import base as _scratch_base
-from .judge import judge_test
 from .errors import SubmissionFailure
+from .judge import judge_test
 from .kernel import KernelSession, Limits, claim_fresh_uid, gpu_devices, readonly_paths, slot_env
 from .sandbox import PRELOAD, Zygote, ZygoteClient, die_with_parent
-
-CSV_FIELDS = ["student", "status", "score", "max_score", "manual_score", "manual_max", "runtime_s", "device",
-              "origin", "notebook", "review"]
-_NUMERIC = {"score", "max_score", "manual_score", "manual_max", "runtime_s"}
+from .scratch import base as _scratch_base
+from .scratch import uid_lock_dir
 
 
 @dataclass
@@ -70,7 +64,8 @@ class Job:
 
 @dataclass
 class LabPack:
-    """What a worker needs of a lab (picklable)."""
+    """What a worker needs of a lab (picklable): its notebooks and settings, the files released beside
+    it, its cell ids, and what the grader prepared for its kernels and judge."""
 
     name: str
     source: dict
@@ -78,17 +73,28 @@ class LabPack:
     settings: dict
     files: dict[str, str]
     ids: set[str]
+    env: dict[str, str] = field(default_factory=dict)      # kernel environment of the lab's data view
+    readonly: list[str] = field(default_factory=list)      # paths bound read-only into its kernels
+    heldout_seed: int | None = None                        # the course's held-out seed (judge side only)
 
 
-# ---------------------------------------------------------------------------- device and data
-def detect_gpus() -> list[str]:
-    """GPUs to grade on: ``$CUDA_VISIBLE_DEVICES`` if set, else those ``nvidia-smi`` lists."""
-    return [g.id for g in slots.inventory()]
+@dataclass
+class Worker:
+    """A worker process's state, passed to :func:`grade_job`: its slot (GPU index), the options,
+    the course root, every lab's cell ids and the kernel zygote's client."""
+
+    slot: int
+    options: Options
+    root: Path
+    ids: dict[str, set[str]]
+    zygote: ZygoteClient
 
 
+# ---------------------------------------------------------------------------- the device
 def resolve_device(device: str) -> tuple[str, list[str]]:
-    """``auto`` → cuda when a GPU is present, else cpu; returns the device and the GPU indices."""
-    gpus = detect_gpus()
+    """``auto`` → cuda when a GPU is present, else cpu; returns the device and the GPU ids
+    (``$CUDA_VISIBLE_DEVICES`` if set, else those ``nvidia-smi`` lists)."""
+    gpus = [g.id for g in slots.inventory()]
     device = device.split(":")[0]
     if device == "auto":
         device = "cuda" if gpus else "cpu"
@@ -99,62 +105,7 @@ def resolve_device(device: str) -> tuple[str, list[str]]:
     return device, gpus
 
 
-def plan_gpu_slots(settings: list[dict], workers: int | None = None,
-                   gpus: list[slots.GPU] | None = None, cpus: int | None = None) -> slots.Plan:
-    """Kernels per GPU for grading these labs on CUDA and each kernel's GPU memory cap (from the
-    GPUs' free memory, the labs' ``gpu_memory_mb``, CPU cores and host memory); ``workers`` overrides."""
-    return slots.plan(slots.inventory() if gpus is None else gpus, slots.lab_budget_mb(settings),
-                      cpus or os.cpu_count() or 1, workers, slots.host_memory_mb(),
-                      max([int(s.get("memory_mb", 0)) for s in settings] or [0]))
-
-
-def prepare_data(settings: dict, root: Path | None = None) -> tuple[dict[str, str], list[str]]:
-    """Make the lab's data set readable by kernels: (environment, paths to bind read-only).
-
-    Kernels see only a copy, in a grader folder that mirrors the data root, holding the splits the
-    lab may load (``metadata.dlmi.data.splits``, default train and val); every other split (test)
-    is there as blank placeholder arrays of the same shape, so the test images never enter a
-    kernel's file system. Also puts the course's held-out seed into ``settings["_heldout_seed"]``
-    (the judge's side only: it never reaches a kernel's environment).
-    """
-    settings["_heldout_seed"] = data.heldout_seed(root)
-    spec = settings.get("data")
-    if not spec:
-        return {}, []
-    from dlmi.datasets import data_root, resolve
-
-    flag, size = spec["flag"], spec.get("size", 28)
-    splits = list(spec.get("splits", ["train", "val"]))
-    if "test" in splits:
-        raise ValueError("the test split is the grader's held-out data: a lab may not load it (metadata.dlmi.data)")
-    mode, _, path = resolve(flag, size)
-    rel = path.resolve().relative_to(data_root().resolve())
-    view = Path(_scratch_base()) / "data"
-    target = view / rel
-    data.kernel_copy(path, target, splits)
-    for p in [target, *target.parents]:
-        os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        if p == view:
-            break
-    return {"DLMI_DATA": mode, "DLMI_DATA_DIR": str(view)}, [str(view)]
-
-
 # ---------------------------------------------------------------------------- one submission
-_worker: dict[str, Any] = {}
-
-
-def _init_worker(slots: Any, options: Options, root: str, preload: list[str], ids: dict[str, set[str]],
-                 zygote_socket: str) -> None:
-    """A worker process: its slot (GPU), its own sandbox user id and the shared kernel zygote."""
-    die_with_parent()  # a grader killed mid-run leaves no worker behind (kernels follow the zygote)
-    slot = slots.get()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch  # noqa: F401 — the judge's references
-    judge_imports(preload)
-    _worker.update(slot=slot, options=options, root=Path(root), ids=ids,
-                   zygote=ZygoteClient(Path(zygote_socket)))
-
-
 def judge_imports(modules: list[str]) -> list[str]:
     """Import here, in the judge, what the labs preload in kernels: their tests use the same libraries
     (torchmetrics, sklearn, ...), so a submission's first test does not pay for the import. Returns
@@ -166,10 +117,6 @@ def judge_imports(modules: list[str]) -> list[str]:
         except Exception:  # noqa: BLE001 — a missing optional library is the lab's problem, not the worker's
             failed.append(name)
     return failed
-
-
-def _warm() -> int:
-    return os.getpid()
 
 
 def lab_limits(settings: dict, options: Options) -> Limits:
@@ -189,18 +136,20 @@ def _report(outcome_passed: bool, points: float, max_points: float, message: str
     return new_output("stream", name="stdout", text=text)
 
 
-def grade_job(job: Job, pack: LabPack) -> dict[str, Any]:
-    """Grade one hand-in in this worker; return its result record."""
-    options: Options = _worker["options"]
-    slot: int = _worker["slot"]
+def _maxima(pack: LabPack) -> dict[str, float]:
+    """The lab's autograded and hand-graded maxima."""
+    cells = nbformat.from_dict(pack.source).cells
+    return {"max_score": sum(float(notebook.nbgrader_meta(c).get("points", 0)) for c in cells if notebook.is_test(c)),
+            "manual_max": sum(float(notebook.nbgrader_meta(c).get("points", 0)) for c in cells
+                              if notebook.is_manual(c))}
+
+
+def grade_job(job: Job, pack: LabPack, worker: Worker) -> dict[str, Any]:
+    """Grade one hand-in with ``worker``; return its result record."""
     started = time.monotonic()
-    result: dict[str, Any] = {"student": job.student, "lab": job.lab, "origin": job.origin, "device": options.device,
-                              "isolation": options.level, "notes": [], "tests": [], "score": None}
-    source = nbformat.from_dict(pack.source)
-    tests = [c for c in source.cells if notebook.is_test(c)]
-    result["max_score"] = sum(float(notebook.nbgrader_meta(c).get("points", 0)) for c in tests)
-    result["manual_max"] = sum(float(notebook.nbgrader_meta(c).get("points", 0))
-                               for c in source.cells if notebook.is_manual(c))
+    result: dict[str, Any] = {"student": job.student, "lab": job.lab, "origin": job.origin,
+                              "device": worker.options.device, "isolation": worker.options.level, "notes": [],
+                              "tests": [], "score": None, **_maxima(pack)}
     graded: NotebookNode | None = None
     try:
         if job.problem or not job.notebook:
@@ -208,34 +157,10 @@ def grade_job(job: Job, pack: LabPack) -> dict[str, Any]:
         path = Path(job.notebook)
         result["notebook"] = path.name
         student = notebook.read_notebook(path)
-        notebook.identify(student, job.lab, {**_worker["ids"], job.lab: pack.ids}, path.name)
-        graded, result["notes"] = notebook.rebuild(student, source, nbformat.from_dict(pack.blank))
-        limits = lab_limits(pack.settings, options)
-        env = {**slot_env(slot, options.device, options.gpus, options.gpu_memory_mb),
-               **pack.settings.get("_env", {})}
-        workdir = Path(tempfile.mkdtemp(prefix=f"run{os.getppid()}-g{slot}-", dir=_scratch_base()))
-        files = {f"{job.lab}.ipynb": path, **{k: Path(v) for k, v in pack.files.items()}}
-        # a user id of its own, never used before in this run: nothing a hand-in leaves reaches the next
-        uid, uid_lock = claim_fresh_uid(uid_lock_dir(), Path(_scratch_base()) / "uids-used")
-        result["uid"] = uid
-        with uid_lock, KernelSession(workdir, _worker["zygote"], uid=uid, limits=limits, level=options.level, env=env,
-                           ro=readonly_paths(pack.settings.get("_ro", []), _worker["root"]),
-                           devices=gpu_devices() if options.device == "cuda" else [], files=files) as session:
-            t0 = time.monotonic()
-            session.start()
-            result["timing"] = {"start_s": round(time.monotonic() - t0, 2)}
-            session.run_bridge_source()
-            if pack.settings.get("audit_data"):
-                session.execute("__import__('sys').modules['__dlmi_bridge__'].install_data_audit()",
-                                "the grader's set-up", store_history=False, bridge_call=True)
-            bans = lab_bans(pack.settings)
-            for rule in bans:  # before the first cell of the notebook, for the whole run
-                if not rule.get("tests"):
-                    _kernel_ban(session, rule, scoped=False)
-            context = {"device": env["DLMI_DEVICE"], "settings": pack.settings, "bans": bans,
-                       "ban_messages": {rule["message"] for rule in bans},
-                       "providers": data.providers(pack.settings)}
-            _execute(session, graded, result, context)
+        notebook.identify(student, job.lab, {**worker.ids, job.lab: pack.ids}, path.name)
+        graded, result["notes"] = notebook.rebuild(student, nbformat.from_dict(pack.source),
+                                                   nbformat.from_dict(pack.blank))
+        _run_in_kernel(job, pack, worker, path, graded, result)
         result["status"] = "graded"
         result["score"] = sum(t["points"] for t in result["tests"])
         findings = audit.scan(audit.notebook_cells(graded, notebook.is_test))
@@ -247,6 +172,38 @@ def grade_job(job: Job, pack: LabPack) -> dict[str, Any]:
     if graded is not None:
         result["_notebook"] = nbformat.writes(graded)
     return result
+
+
+def _run_in_kernel(job: Job, pack: LabPack, worker: Worker, path: Path, graded: NotebookNode,
+                   result: dict[str, Any]) -> None:
+    """Start a fresh sandboxed kernel under a user id of its own, install the lab's audits and bans,
+    then run ``graded`` (:func:`_execute`)."""
+    options = worker.options
+    env = {**slot_env(worker.slot, options.device, options.gpus, options.gpu_memory_mb), **pack.env}
+    workdir = Path(tempfile.mkdtemp(prefix=f"run{os.getppid()}-g{worker.slot}-", dir=_scratch_base()))
+    files = {f"{job.lab}.ipynb": path, **{k: Path(v) for k, v in pack.files.items()}}
+    # a user id of its own, never used before in this run: nothing a hand-in leaves reaches the next
+    uid, uid_lock = claim_fresh_uid(uid_lock_dir(), Path(_scratch_base()) / "uids-used")
+    result["uid"] = uid
+    with uid_lock, KernelSession(workdir, worker.zygote, uid=uid, limits=lab_limits(pack.settings, options),
+                                 level=options.level, env=env, ro=readonly_paths(pack.readonly, worker.root),
+                                 devices=gpu_devices() if options.device == "cuda" else [],
+                                 files=files) as session:
+        t0 = time.monotonic()
+        session.start()
+        result["timing"] = {"start_s": round(time.monotonic() - t0, 2)}
+        session.run_bridge_source()
+        if pack.settings.get("audit_data"):
+            session.execute("__import__('sys').modules['__dlmi_bridge__'].install_data_audit()",
+                            "the grader's set-up", store_history=False, bridge_call=True)
+        bans = lab_bans(pack.settings)
+        for rule in bans:  # before the first cell of the notebook, for the whole run
+            if not rule.get("tests"):
+                _kernel_ban(session, rule, scoped=False)
+        context = {"device": env["DLMI_DEVICE"], "settings": pack.settings, "bans": bans,
+                   "ban_messages": {rule["message"] for rule in bans},
+                   "providers": data.providers(pack.settings, pack.env.get("DLMI_DATA"), pack.heldout_seed)}
+        _execute(session, graded, result, context)
 
 
 def _execute(session: KernelSession, nb: NotebookNode, result: dict[str, Any], context: dict[str, Any]) -> None:
@@ -293,7 +250,6 @@ def _execute(session: KernelSession, nb: NotebookNode, result: dict[str, Any], c
                                     "a notebook must run to its end — remove the call")
 
 
-# ---------------------------------------------------------------------------- many submissions
 def lab_bans(settings: dict) -> list[dict[str, Any]]:
     """The lab's bans (``metadata.dlmi.bans``): each ``{"message", "ops": [regex over torch operator
     names], "functions": [dotted paths], "modules": [module names], "tests": [grade ids]}``; without
@@ -308,7 +264,6 @@ def lab_bans(settings: dict) -> list[dict[str, Any]]:
 
 
 def _kernel_ban(session: KernelSession, rule: dict[str, Any], *, scoped: bool) -> None:
-    import json
     code = (f"__import__('sys').modules['__dlmi_bridge__'].ban(__import__('json').loads({json.dumps(rule)!r}), "
             f"scoped={scoped})")
     run = session.execute(code, "the grader's set-up", store_history=False, bridge_call=True)
@@ -346,17 +301,52 @@ def decide_review(res: dict[str, Any], accept: bool, who: str = "") -> dict[str,
     return res
 
 
+def failed_result(job: Job, pack: LabPack, status: str, options: Options | None = None) -> dict[str, Any]:
+    """The result of a hand-in that could not be graded: the status, an empty score, the lab's maxima."""
+    return {"student": job.student, "lab": job.lab, "origin": job.origin, "score": None, "tests": [], "notes": [],
+            "status": status, "runtime_s": 0.0, "device": options.device if options else "",
+            "isolation": options.level if options else "", **_maxima(pack)}
+
+
 def pack_lab(lab: course.Lab, release: Path | None = None) -> LabPack:
-    """Everything workers need of ``lab`` (blank notebook from ``release`` or a fresh one), data made ready."""
+    """Everything workers need of ``lab`` (blank notebook from ``release`` or a fresh one), its data
+    view made ready (:func:`autograder.data.prepare_data`) and the course's held-out seed."""
     if release is None:
         blank = course.blank_notebook(lab)
     else:
         blank = nbformat.read(release / f"{lab.name}.ipynb", as_version=4)
     settings = lab.settings
-    env, ro = prepare_data(settings, lab.root)
-    settings["_env"], settings["_ro"] = env, ro
+    seed = data.heldout_seed(lab.root)
+    env, readonly = data.prepare_data(settings, lab.root)
     return LabPack(lab.name, dict(lab.source), dict(blank), settings, {k: str(v) for k, v in lab.files().items()},
-                   notebook.lab_ids(lab.source))
+                   notebook.lab_ids(lab.source), env=env, readonly=readonly, heldout_seed=seed)
+
+
+# ---------------------------------------------------------------------------- the pool of workers
+_this_worker: Worker | None = None  # one per worker process, set by its initializer (multiprocessing's only way)
+
+
+def _start_worker(slot_queue: Any, options: Options, root: str, preload: list[str], ids: dict[str, set[str]],
+                  zygote_socket: str) -> None:
+    """A worker process: its slot (GPU), the judge's imports and the shared kernel zygote's client."""
+    global _this_worker
+    die_with_parent()  # a grader killed mid-run leaves no worker behind (kernels follow the zygote)
+    slot = slot_queue.get()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch  # noqa: F401 — the judge's references
+    judge_imports(preload)
+    _this_worker = Worker(slot, options, Path(root), ids, ZygoteClient(Path(zygote_socket)))
+
+
+def _grade_here(job: Job, pack: LabPack) -> dict[str, Any]:
+    """Grade ``job`` with this worker process's :class:`Worker`."""
+    if _this_worker is None:
+        raise RuntimeError("not a grading worker process (its initializer did not run)")
+    return grade_job(job, pack, _this_worker)
+
+
+def _warm() -> int:
+    return os.getpid()
 
 
 class Pool:
@@ -367,10 +357,10 @@ class Pool:
         ctx = mp.get_context("spawn")
         self.options = options
         self._executable = _die_with_grader_launcher()  # before the first child: the resource tracker too
-        slots = ctx.Queue()
+        slot_queue = ctx.Queue()
         self.workers = max(1, min(options.workers, jobs))
         for i in range(self.workers):
-            slots.put(i)
+            slot_queue.put(i)
         preload = list(dict.fromkeys(m for lab in labs for m in lab.settings.get("preload", [])))
         base = Path(_scratch_base())
         if options.level == "uid":  # kernels run as other users on this file system: let them pass through
@@ -380,9 +370,9 @@ class Pool:
         sock = base / f"zygote-{os.getpid()}.sock"
         self.zygote = Zygote([*PRELOAD, *preload], env, base / f"zygote-{os.getpid()}.log", sock)
         ids = {name: notebook.lab_ids(course.load_lab(name, root).source) for name in course.lab_names(root)}
-        initargs = (slots, options, str(root), preload, ids, str(sock))
-        self._slots, self._grade = slots, grade_job
-        self._make_executor = lambda: ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+        initargs = (slot_queue, options, str(root), preload, ids, str(sock))
+        self._slots, self._grade = slot_queue, _grade_here
+        self._make_executor = lambda: ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_start_worker,
                                                           initargs=initargs)
         self.executor = self._make_executor()
         self._warm = [self.executor.submit(_warm) for _ in range(self.workers)]
@@ -506,143 +496,3 @@ def _die_with_grader_launcher() -> str | None:
     path.chmod(0o700)
     mp.get_context("spawn").set_executable(str(path))
     return str(path)
-
-
-def failed_result(job: Job, pack: LabPack, status: str, options: Options | None = None) -> dict[str, Any]:
-    """The result of a hand-in that could not be graded: the status, an empty score, the lab's maxima."""
-    source = nbformat.from_dict(pack.source)
-    return {"student": job.student, "lab": job.lab, "origin": job.origin, "score": None, "tests": [], "notes": [],
-            "status": status, "runtime_s": 0.0, "device": options.device if options else "",
-            "isolation": options.level if options else "",
-            "max_score": sum(float(notebook.nbgrader_meta(c).get("points", 0)) for c in source.cells
-                             if notebook.is_test(c)),
-            "manual_max": sum(float(notebook.nbgrader_meta(c).get("points", 0)) for c in source.cells
-                              if notebook.is_manual(c))}
-
-
-def results_dir(root: Path, options: Options) -> Path:
-    return options.results or root / "results"
-
-
-def save_result(res: dict[str, Any], base: Path) -> None:
-    """``<base>/<lab>/<student>.json`` and the graded notebook under ``<base>/autograded/`` — the
-    latter cleaned of anything that could run in a browser (formgrader and feedback render it)."""
-    import json
-
-    from .safehtml import sanitize_notebook
-    text = res.pop("_notebook", None)
-    if text is not None:
-        path = base / "autograded" / res["student"] / res["lab"] / f"{res['lab']}.ipynb"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            graded = json.loads(text)
-            cleaned = sanitize_notebook(graded)
-            if cleaned:
-                res["html_removed"] = cleaned
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(graded, indent=1, ensure_ascii=False) + "\n", encoding="utf-8",
-                           errors="replace")
-            os.replace(tmp, path)
-            res["autograded"] = str(path.relative_to(base))
-        except Exception as err:  # noqa: BLE001 — the result itself is still recorded
-            res.setdefault("notes", []).append(f"the graded notebook could not be stored ({type(err).__name__})")
-    course.write_json(base / res["lab"] / f"{res['student']}.json", res)
-
-
-def remove_result(base: Path, lab: str, student: str, keep_apart: Path | None = None) -> None:
-    """Take ``student``'s result of ``lab`` out of ``base`` (moved under ``keep_apart`` if given)."""
-    for src in (base / lab / f"{student}.json", base / "autograded" / student / lab):
-        if not src.exists():
-            continue
-        if keep_apart is not None:
-            dest = keep_apart / src.relative_to(base)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(src), str(dest))
-        elif src.is_dir():
-            shutil.rmtree(src)
-        else:
-            src.unlink()
-    folder = base / "autograded" / student
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
-
-
-def drop_renamed(base: Path, lab: str, ids_by_origin: dict[str, str]) -> list[str]:
-    """Before re-grading: remove results this run's hand-ins left under another id (an id given by an
-    older grader to the same hand-in). Returns the ids removed."""
-    removed = []
-    for res in load_results(base, lab):
-        origin, student = res.get("origin"), res.get("student")
-        if origin in ids_by_origin and student != ids_by_origin[origin] and isinstance(student, str):
-            remove_result(base, lab, student)
-            removed.append(student)
-    return removed
-
-
-def load_results(base: Path, lab: str) -> list[dict[str, Any]]:
-    """Every result of ``lab`` under ``base`` (a file that cannot be read is reported and left out)."""
-    import json
-    folder = base / lab
-    out = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            res = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(res, dict) or not isinstance(res.get("student"), str) or "status" not in res:
-                raise ValueError("not a result")
-        except (OSError, ValueError) as err:
-            print(f"WARNING: {path.name} in {folder} is not a readable result ({type(err).__name__}); left out",
-                  file=sys.stderr)
-            continue
-        out.append(res)
-    return out
-
-
-def csv_cell(value: Any) -> str:
-    """A CSV cell a spreadsheet shows as text: one starting with ``= + - @``, a tab or a carriage
-    return gets a leading ``'`` (OWASP's rule against formula injection)."""
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
-def _number(value: Any) -> str:
-    if isinstance(value, bool) or value is None or value == "":
-        return ""
-    if isinstance(value, (int, float)):
-        return f"{value:g}"
-    return csv_cell(value)
-
-
-def write_csv(base: Path, lab: str, manual: dict[str, float | None] | None = None) -> Path:
-    """``<base>/<lab>/grades.csv`` for the class: a failure has an empty score and its status. Every
-    text cell is neutralised (:func:`csv_cell`); numbers stay numbers; ``max_score`` is always filled."""
-    path = base / lab / "grades.csv"
-    rows = load_results(base, lab)
-    maxima = [r.get("max_score") for r in rows if isinstance(r.get("max_score"), (int, float))]
-    manual_maxima = [r.get("manual_max") for r in rows if isinstance(r.get("manual_max"), (int, float))]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8", errors="replace") as fh:
-        writer = csv.DictWriter(fh, CSV_FIELDS)
-        writer.writeheader()
-        for r in rows:
-            row = {"student": r["student"], "status": r["status"], "score": r.get("score"),
-                   "max_score": r.get("max_score", max(maxima, default=None)),
-                   "manual_score": manual.get(r["student"]) if manual else None,
-                   "manual_max": r.get("manual_max", max(manual_maxima, default=None)),
-                   "runtime_s": r.get("runtime_s"), "device": r.get("device", ""),
-                   "origin": r.get("origin", ""), "notebook": r.get("notebook", ""),
-                   "review": "; ".join(r["review"]) if isinstance(r.get("review"), list) else r.get("review")}
-            writer.writerow({k: _number(v) if k in _NUMERIC else csv_cell(v) for k, v in row.items()})
-    os.replace(tmp, path)
-    return path
-
-
-def progress_line(res: dict[str, Any]) -> str:
-    score = "" if res.get("score") is None else f"{res['score']:g}/{res.get('max_score', 0):g}  "
-    review = f"  REVIEW: {res['review']}" if res.get("review") else ""
-    return f"{res['lab']}  {res['student']:<24} {score}{res['status']}  ({res.get('runtime_s')} s){review}"
-
-
-def print_progress(res: dict[str, Any]) -> None:
-    print(progress_line(res), file=sys.stderr, flush=True)
-

@@ -167,3 +167,12 @@ def is_gpu_memory_error(ename: str | None, evalue: str | None = "") -> bool:
     """Whether a kernel error is CUDA running out of (capped) memory."""
     return bool(ename) and (ename in GPU_LIMIT_EXCEPTIONS or (ename == "RuntimeError" and
                                                               "CUDA out of memory" in (evalue or "")))
+
+
+def plan_for_labs(settings: list[dict], workers: int | None = None, gpus: list[GPU] | None = None,
+                  cpus: int | None = None) -> Plan:
+    """Kernels per GPU for grading these labs on CUDA and each kernel's GPU memory cap (from the
+    GPUs' free memory, the labs' ``gpu_memory_mb``, CPU cores and host memory); ``workers`` overrides."""
+    return plan(inventory() if gpus is None else gpus, lab_budget_mb(settings), cpus or os.cpu_count() or 1,
+                workers, host_memory_mb(), max([int(s.get("memory_mb", 0)) for s in settings] or [0]))
+

@@ -25,6 +25,7 @@ import psutil
 import pytest
 
 from autograder import cli, course, grade, intake, notebook, safehtml
+from autograder import results as store
 from autograder.kernel import SubmissionFailure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,11 +293,11 @@ def test_regrading_one_hand_in_replaces_exactly_its_own_result(tmp_path: Path, l
     base = tmp_path / "results"
     pack = grade.LabPack(LAB, dict(lab.source), {}, {}, {}, set())
     for origin, student in (("ivy.ipynb", "ivy"), ("ivy.zip", "ivy~2"), ("ann.ipynb", "ann")):  # ~2: an old grader
-        grade.save_result(grade.failed_result(grade.Job(LAB, student, origin, None), pack, "failed: x"), base)
+        store.save_result(grade.failed_result(grade.Job(LAB, student, origin, None), pack, "failed: x"), base)
     new_id = intake.student_id("ivy.zip", LAB)
-    assert grade.drop_renamed(base, LAB, {"ivy.zip": new_id}) == ["ivy~2"]
-    grade.save_result(grade.failed_result(grade.Job(LAB, new_id, "ivy.zip", None), pack, "failed: y"), base)
-    kept = {r["student"]: (r["origin"], r["status"]) for r in grade.load_results(base, LAB)}
+    assert store.drop_renamed(base, LAB, {"ivy.zip": new_id}) == ["ivy~2"]
+    store.save_result(grade.failed_result(grade.Job(LAB, new_id, "ivy.zip", None), pack, "failed: y"), base)
+    kept = {r["student"]: (r["origin"], r["status"]) for r in store.load_results(base, LAB)}
     assert kept == {"ann": ("ann.ipynb", "failed: x"), "ivy": ("ivy.ipynb", "failed: x"),
                     new_id: ("ivy.zip", "failed: y")}
 
@@ -333,8 +334,8 @@ def test_csv_cells_cannot_start_a_formula(tmp_path: Path, lab: course.Lab) -> No
     for i, text in enumerate(hostile):
         res = grade.failed_result(grade.Job(LAB, f"s{i}", text, None), pack, f"failed: {text}")
         res["notebook"], res["review"], res["runtime_s"] = text, text, -1.5 if i == 0 else 2
-        grade.save_result(res, tmp_path)
-    path = grade.write_csv(tmp_path, LAB)
+        store.save_result(res, tmp_path)
+    path = store.write_csv(tmp_path, LAB)
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(hostile)
@@ -356,7 +357,7 @@ def test_merge_is_exactly_the_union_of_the_shards(tmp_path: Path, lab: course.La
 
     def shard(name: str, students: list[str]) -> Path:
         for student in students:
-            grade.save_result(grade.failed_result(grade.Job(LAB, student, f"{student}.ipynb", None), pack,
+            store.save_result(grade.failed_result(grade.Job(LAB, student, f"{student}.ipynb", None), pack,
                                                   "failed: x"), root / name)
         return root / name
 

@@ -12,7 +12,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_output
 
-from autograder import course, feedback, grade, notebook, safehtml
+from autograder import course, feedback, notebook, safehtml
+from autograder import results as store
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = "lab02-convolution"
@@ -62,7 +63,7 @@ def test_the_graded_notebook_formgrader_shows_is_clean(tmp_path: Path) -> None:
     lab = course.load_lab(LAB, ROOT)
     res = {"student": "eve", "lab": LAB, "origin": "eve.ipynb", "status": "graded", "score": 0, "tests": [],
            "_notebook": nbformat.writes(hostile_graded(lab.source))}
-    grade.save_result(res, tmp_path)
+    store.save_result(res, tmp_path)
     text = (tmp_path / res["autograded"]).read_text()
     nb = nbformat.reads(text, as_version=4)
     rendered = json.dumps([c.source for c in nb.cells if c.cell_type == "markdown"] +   # what formgrader renders
@@ -86,7 +87,7 @@ def feedback_pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         nb_path = root / "results" / "autograded" / student / LAB / f"{LAB}.ipynb"
         nb_path.parent.mkdir(parents=True)
         nbformat.write(hostile_graded(lab.source), nb_path)  # written as is: the page must be cleaned itself
-        course.write_json(root / "results" / LAB / f"{student}.json",
+        store.write_json(root / "results" / LAB / f"{student}.json",
                           {"student": student, "lab": LAB, "origin": f"{student}.ipynb", "status": "graded",
                            "score": 0.0, "max_score": 20.0, "tests": [], "autograded": str(nb_path)})
     pages["eve"] = feedback.generate(root, LAB, ["eve~3f9c2a"])[0]
@@ -98,7 +99,7 @@ def feedback_pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         pages["raw"] = feedback.generate(root, LAB, ["raw"])[0]
     finally:
         safehtml.sanitize_page, safehtml.sanitize_notebook = page_wall, cell_wall
-    course.write_json(root / "results" / LAB / "fay.json",
+    store.write_json(root / "results" / LAB / "fay.json",
                       {"student": "fay", "lab": LAB, "origin": "<img src=x onerror=alert(1)>.ipynb",
                        "status": "failed: " + payloads()[1], "score": None, "tests": [], "notes": payloads()[:3]})
     pages["fay"] = feedback.generate(root, LAB, ["fay"])[0]

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from autograder import audit, bridge, data, grade, judge, notebook  # noqa: E402
+from autograder import results as store  # noqa: E402
 from autograder.kernel import StudentError  # noqa: E402
 
 LAB2, LAB3 = "lab02-convolution", "lab03-cnn-classifier"
@@ -337,7 +338,7 @@ def test_kernel_copy_blanks_every_split_it_may_not_load(tmp_path: Path) -> None:
 
 def test_prepare_data_refuses_a_lab_that_loads_the_test_split() -> None:
     with pytest.raises(ValueError, match="held-out"):
-        grade.prepare_data({"data": {"flag": "pathmnist", "splits": ["train", "test"]}}, ROOT)
+        data.prepare_data({"data": {"flag": "pathmnist", "splits": ["train", "test"]}}, ROOT)
 
 
 class _Helpers(judge.GraderHelpers):
@@ -381,7 +382,7 @@ def test_review_is_decided_by_one_command(tmp_path: Path) -> None:
     for r in (res, other):
         (base / LAB2).mkdir(parents=True, exist_ok=True)
         (base / LAB2 / f"{r['student']}.json").write_text(json.dumps(r))
-    grade.write_csv(base, LAB2)
+    store.write_csv(base, LAB2)
 
     def cli(*args: str) -> str:
         run = subprocess.run([sys.executable, "-m", "autograder.cli", "review", LAB2, *args, "--results", str(base)],

@@ -107,7 +107,7 @@ def test_unknown_memory_means_one_kernel_per_gpu_and_no_cap() -> None:
 def test_the_labs_declared_budget_is_used() -> None:
     assert slots.lab_budget_mb([{}, {"memory_mb": 4096}]) == slots.DEFAULT_BUDGET_MB
     assert slots.lab_budget_mb([{"gpu_memory_mb": 700}, {"gpu_memory_mb": 1500}, {}]) == 1500
-    plan = grade.plan_gpu_slots([{"gpu_memory_mb": 700}], gpus=h200(), cpus=4)
+    plan = slots.plan_for_labs([{"gpu_memory_mb": 700}], gpus=h200(), cpus=4)
     assert (plan.per_gpu, plan.gpu_memory_mb) == (4, 700)
 
 
