@@ -45,7 +45,9 @@ def test_standin_matches_medmnist_format(flag, data_dir, offline):
     assert ds.data_mode == "synthetic"
     assert Path(ds.root) == data_dir / "synthetic", "stand-in must live apart from real files"
     with np.load(Path(ds.root) / f"{flag}_synthetic.npz") as npz:
-        assert sorted(npz.files) == sorted(f"{s}_{k}" for s in standin.SPLITS for k in ("images", "labels"))
+        assert sorted(npz.files) == sorted([f"{s}_{k}" for s in standin.SPLITS for k in ("images", "labels")]
+                                           + ["standin_version"])
+        assert int(npz["standin_version"]) == standin.STANDIN_VERSION
         for split in standin.SPLITS:
             images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
             assert images.dtype == np.uint8 and labels.dtype == np.uint8

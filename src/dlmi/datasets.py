@@ -5,8 +5,10 @@ Modes (argument ``mode`` or env ``DLMI_DATA``, default ``auto``):
 * ``real``: the npz under the data root, else a download through :func:`dlmi.fetch.fetch`
   (medmnist's own download, MD5 checked, three attempts); failure is an error, never a silent
   stand-in. Fetch files ahead with ``dlmi-data fetch`` (``make data``).
-* ``synthetic``: the learnable stand-in of :mod:`dlmi.standin`, registered with medmnist under
-  the flag ``<flag>_synthetic`` and stored in ``<root>/synthetic/`` apart from real files.
+* ``synthetic``: the learnable stand-in of :mod:`dlmi.standin` (real split sizes and class
+  priors, a look made from real images of the flag's modality), registered with medmnist under
+  the flag ``<flag>_synthetic`` and stored in ``<root>/synthetic/`` apart from real files,
+  with the generator's version: a file made by an older generator is made again.
 * ``auto``: real if it can be had, else the stand-in with a loud one-line notice.
 
 The data root is ``root`` or env ``DLMI_DATA_DIR`` (default ``~/.medmnist``). A real file is
@@ -30,7 +32,7 @@ from medmnist.dataset import MedMNIST2D
 from medmnist.info import INFO
 from torchvision.transforms import v2
 
-from .standin import SPLITS, make_standin, split_sizes
+from .standin import SPLITS, STANDIN_VERSION, make_standin, split_sizes
 
 Mode = Literal["real", "synthetic", "auto"]
 MODES = ("real", "synthetic", "auto")
@@ -184,8 +186,22 @@ def _register_standin(flag: str, fraction: float, size: int) -> str:
     return name
 
 
+def _standin_is_fresh(path: Path, name: str) -> bool:
+    """Whether the stand-in file at ``path`` was made by this generator version with the
+    split sizes registered for ``name`` (an unreadable file is stale too)."""
+    try:
+        with np.load(path) as npz:
+            return ("standin_version" in npz.files
+                    and int(npz["standin_version"]) == STANDIN_VERSION
+                    and all(len(npz[f"{s}_labels"]) == INFO[name]["n_samples"][s] for s in SPLITS))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return False
+
+
 def _standin(flag: str, size: int, root: Path, fraction: float | None) -> tuple[str, Path]:
-    """Register the stand-in and make its npz if missing or made with another fraction."""
+    """Register the stand-in and make its npz unless a fresh one exists: one made by another
+    generator version (:data:`dlmi.standin.STANDIN_VERSION`, stored in the file as
+    ``standin_version``) or with another fraction is made again."""
     fraction = float(os.environ.get("DLMI_STANDIN_FRACTION", "0.05")) if fraction is None else fraction
     if not 0 < fraction <= 1:
         raise ValueError(f"Stand-in fraction must be in (0, 1], got {fraction}.")
@@ -193,14 +209,11 @@ def _standin(flag: str, size: int, root: Path, fraction: float | None) -> tuple[
     folder = root / "synthetic"
     folder.mkdir(exist_ok=True)
     path = folder / f"{name}{_suffix(size)}.npz"
-    if path.exists():
-        with np.load(path) as npz:
-            fresh = all(len(npz[f"{s}_labels"]) == INFO[name]["n_samples"][s] for s in SPLITS)
-        if fresh:
-            return name, path
+    if path.exists() and _standin_is_fresh(path, name):
+        return name, path
     arrays = make_standin(INFO[flag], size, fraction, STANDIN_SEED)
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as tmp:
-        np.savez_compressed(tmp, **arrays)
+        np.savez_compressed(tmp, standin_version=np.array(STANDIN_VERSION), **arrays)
     os.replace(tmp.name, path)
     return name, path
 
