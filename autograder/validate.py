@@ -149,12 +149,11 @@ def changed_cells(student: NotebookNode, reference: NotebookNode) -> list[str]:
 def _pack(ref: Reference) -> grade.LabPack:
     """What the grader's worker needs, with the released lab as source and blank: only visible tests."""
     settings = dict(ref.nb.metadata.get("dlmi", {}))
-    settings["_env"] = {"DLMI_DATA": os.environ.get("DLMI_DATA", "auto")}  # the data the student uses
-    settings["_ro"] = []
-    settings["_heldout_seed"] = secrets.randbits(62)  # no hidden test runs here: no course secret needed
     files = {p.name: str(p) for p in sorted(ref.folder.iterdir())
              if p.is_file() and p.name != f"{ref.name}.ipynb" and not p.name.startswith(".")}
-    return grade.LabPack(ref.name, dict(ref.nb), dict(ref.nb), settings, files, notebook.lab_ids(ref.nb))
+    return grade.LabPack(ref.name, dict(ref.nb), dict(ref.nb), settings, files, notebook.lab_ids(ref.nb),
+                         env={"DLMI_DATA": os.environ.get("DLMI_DATA", "auto")},  # the data the student uses
+                         heldout_seed=secrets.randbits(62))  # no hidden test runs here: no course secret needed
 
 
 def run(path: Path, ref: Reference, root: Path) -> dict[str, Any]:
