@@ -71,54 +71,96 @@ def _torch_dtype(name: str) -> Any:
 
 
 # ------------------------------------------------------------------------------ encoding
+_NOT_MINE = object()  # an encoder's answer for a value of another type
+
+
+def _inline_array(data: bytes) -> dict:
+    return {"b64": base64.b64encode(data).decode("ascii")}
+
+
+class _Encoding:
+    """One answer being encoded: how to make a handle and an array stub, and the bytes left to spend."""
+
+    def __init__(self, handle: Callable[[Any], dict], array_out: Callable[[bytes], dict] | None,
+                 budget: list[int] | None) -> None:
+        self.handle, self.stub, self.budget = handle, array_out or _inline_array, budget
+
+    def spend(self, n: int) -> None:
+        if self.budget is not None:
+            self.budget[0] -= n
+            if self.budget[0] < 0:
+                raise OverflowError("the value is too large to send to the grader: return less")
+
+    def value(self, value: Any, depth: int) -> Any:
+        if depth > 20:
+            return self.handle(value)
+        for encoder in _ENCODERS:
+            out = encoder(self, value, depth)
+            if out is not _NOT_MINE:
+                return out
+        return self.handle(value)
+
+
+def _encode_scalar(enc: _Encoding, value: Any, depth: int) -> Any:
+    if value is None or type(value) in (bool, str):
+        enc.spend(len(value) if type(value) is str else 8)
+        return value
+    if type(value) is int:
+        enc.spend(8 if abs(value) < 2**53 else 1 + value.bit_length() // 3)
+        return value if abs(value) < 2**53 else {"$bigint": str(value)}
+    if type(value) is float:
+        enc.spend(24)
+        return {"$float": repr(value)}
+    return _NOT_MINE
+
+
+def _encode_tensor(enc: _Encoding, value: Any, depth: int) -> Any:
+    if not (type(value).__module__.startswith("torch") and type(value).__name__ in ("Tensor", "Parameter")):
+        return _NOT_MINE
+    try:
+        enc.spend(int(value.numel()) * max(4, value.element_size()) * 4 // 3)  # its base64, before any copy
+        array, dtype = _tensor_to_numpy(value)
+        return {"$tensor": enc.stub(_npy_bytes(array)), "dtype": dtype, "device": str(value.device)}
+    except TypeError:
+        return enc.handle(value)
+
+
+def _encode_ndarray(enc: _Encoding, value: Any, depth: int) -> Any:
+    if not (type(value).__module__ == "numpy" and hasattr(value, "dtype")
+            and getattr(value.dtype, "kind", "O") in _NUMERIC_KINDS):
+        return _NOT_MINE
+    enc.spend(int(getattr(value, "nbytes", 0)) * 4 // 3)
+    return {"$ndarray": enc.stub(_npy_bytes(value)), "scalar": type(value).__name__ != "ndarray"}
+
+
+def _encode_sequence(enc: _Encoding, value: Any, depth: int) -> Any:
+    if not (isinstance(value, (list, tuple)) and len(value) <= MAX_ITEMS
+            and (type(value) in (list, tuple) or type(value).__name__ == "Size")):
+        return _NOT_MINE
+    enc.spend(2 * len(value))
+    return {"$list" if isinstance(value, list) else "$tuple": [enc.value(v, depth + 1) for v in value]}
+
+
+def _encode_dict(enc: _Encoding, value: Any, depth: int) -> Any:
+    if not (type(value) is dict and len(value) <= MAX_ITEMS):
+        return _NOT_MINE
+    enc.spend(4 * len(value))
+    return {"$dict": [[enc.value(k, depth + 1), enc.value(v, depth + 1)] for k, v in value.items()]}
+
+
+_ENCODERS = (_encode_scalar, _encode_tensor, _encode_ndarray, _encode_sequence, _encode_dict)
+
+
 def encode(value: Any, *, handle: Callable[[Any], dict], array_out: Callable[[bytes], dict] | None = None,
            _depth: int = 0, budget: list[int] | None = None) -> Any:
     """Encode ``value`` for the wire; what is not data becomes ``handle(value)``.
 
     ``array_out(npy_bytes)`` returns the JSON stub for an array (inline base64 by default).
     ``budget`` (one int in a list) is the number of bytes the whole answer may still take: an answer
-    that would be larger raises :class:`OverflowError` before its arrays are copied.
+    that would be larger raises :class:`OverflowError` before its arrays are copied. Each kind of
+    value has its encoder (``_encode_scalar``, ``_encode_tensor``, ...), tried in turn.
     """
-    def rec(v: Any) -> Any:
-        return encode(v, handle=handle, array_out=array_out, _depth=_depth + 1, budget=budget)
-
-    def spend(n: int) -> None:
-        if budget is not None:
-            budget[0] -= n
-            if budget[0] < 0:
-                raise OverflowError("the value is too large to send to the grader: return less")
-
-    if _depth > 20:
-        return handle(value)
-    if value is None or type(value) in (bool, str):
-        spend(len(value) if type(value) is str else 8)
-        return value
-    if type(value) is int:
-        spend(8 if abs(value) < 2**53 else 1 + value.bit_length() // 3)
-        return value if abs(value) < 2**53 else {"$bigint": str(value)}
-    if type(value) is float:
-        spend(24)
-        return {"$float": repr(value)}
-    stub = array_out or (lambda data: {"b64": base64.b64encode(data).decode("ascii")})
-    module = type(value).__module__
-    if module.startswith("torch") and type(value).__name__ in ("Tensor", "Parameter"):
-        try:
-            spend(int(value.numel()) * max(4, value.element_size()) * 4 // 3)  # its base64, before any copy
-            array, dtype = _tensor_to_numpy(value)
-            return {"$tensor": stub(_npy_bytes(array)), "dtype": dtype, "device": str(value.device)}
-        except TypeError:
-            return handle(value)
-    if module == "numpy" and hasattr(value, "dtype") and getattr(value.dtype, "kind", "O") in _NUMERIC_KINDS:
-        spend(int(getattr(value, "nbytes", 0)) * 4 // 3)
-        return {"$ndarray": stub(_npy_bytes(value)), "scalar": type(value).__name__ != "ndarray"}
-    if isinstance(value, (list, tuple)) and len(value) <= MAX_ITEMS and (type(value) in (list, tuple) or
-                                                                         type(value).__name__ == "Size"):
-        spend(2 * len(value))
-        return {"$list" if isinstance(value, list) else "$tuple": [rec(v) for v in value]}
-    if type(value) is dict and len(value) <= MAX_ITEMS:
-        spend(4 * len(value))
-        return {"$dict": [[rec(k), rec(v)] for k, v in value.items()]}
-    return handle(value)
+    return _Encoding(handle, array_out, budget).value(value, _depth)
 
 
 def decode(obj: Any, *, handle: Callable[[dict], Any], array_in: Callable[[dict], bytes] | None = None) -> Any:

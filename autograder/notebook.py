@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
@@ -222,81 +222,123 @@ def _kind(cell: NotebookNode) -> str:
     return "untracked"
 
 
-def rebuild(student: NotebookNode, source: NotebookNode, blank: NotebookNode) -> tuple[NotebookNode, list[str]]:
-    """The notebook to grade and notes on what was restored (see the module docstring)."""
-    notes: list[str] = []
-    slots = [Slot(c, _kind(c)) for c in source.cells]
-    by_gid = {grade_id(s.source_cell): s for s in slots if s.kind != "untracked"}
-    gid_of_cell_id = {s.source_cell.get("id"): grade_id(s.source_cell) for s in slots if s.kind == "answer"}
-    untracked_ids = {s.source_cell.get("id") for s in slots if s.kind == "untracked" and s.source_cell.get("id")}
-    blank_by_gid = {grade_id(c): c for c in blank.cells if grade_id(c)}
+@dataclass
+class Layout:
+    """The lab's source as slots, with the indexes the match needs."""
 
-    answers: dict[str, NotebookNode] = {}
-    kept_untracked: dict[str, NotebookNode] = {}
-    extras: dict[str | None, list[NotebookNode]] = {None: []}
-    renamed: list[tuple[str | None, NotebookNode]] = []
+    slots: list[Slot]
+    by_gid: dict[str, Slot]                  # tracked slots (answer, test, locked) by grade_id
+    gid_of_cell_id: dict[str | None, str]    # answer slots' grade_id by their cell id
+    untracked_ids: set[str]                  # cell ids of the source's untracked cells
+
+    @classmethod
+    def of(cls, source: NotebookNode) -> Layout:
+        slots = [Slot(c, _kind(c)) for c in source.cells]
+        return cls(slots, {grade_id(s.source_cell): s for s in slots if s.kind != "untracked"},  # type: ignore[misc]
+                   {s.source_cell.get("id"): grade_id(s.source_cell) for s in slots if s.kind == "answer"},  # type: ignore[misc]
+                   {s.source_cell.get("id") for s in slots if s.kind == "untracked" and s.source_cell.get("id")})
+
+
+@dataclass
+class Match:
+    """Where the student's cells go: answers by grade_id, kept untracked cells by cell id, and the
+    student's other cells after the tracked cell (``anchor``) they followed."""
+
+    notes: list[str] = field(default_factory=list)
+    answers: dict[str, NotebookNode] = field(default_factory=dict)
+    kept_untracked: dict[str, NotebookNode] = field(default_factory=dict)
+    extras: dict[str | None, list[NotebookNode]] = field(default_factory=lambda: {None: []})
+    renamed: list[tuple[str | None, NotebookNode]] = field(default_factory=list)
     anchor: str | None = None
-    for cell in student.cells:
-        gid, cid = grade_id(cell), cell.get("id")
-        if gid not in by_gid and is_answer(cell) and gid_of_cell_id.get(cid) not in (None, *answers):
-            notes.append(f"answer cell {gid!r} graded as {gid_of_cell_id[cid]!r} (its id was changed)")
-            gid = gid_of_cell_id[cid]
-        slot = by_gid.get(gid) if gid else None
-        if slot is not None and slot.kind == "answer" and gid not in answers:
-            answers[gid] = cell
-            anchor = gid
-        elif slot is not None:
-            anchor = gid  # a test or locked cell: the source's copy is used
-            if slot.kind == "answer":
-                extras.setdefault(anchor, []).append(_plain(cell))
-        elif gid and is_answer(cell):
-            renamed.append((anchor, cell))
-        elif gid and nbgrader_meta(cell).get("grade"):
-            notes.append(f"test cell {gid!r} is not in the lab; the lab's tests were run instead")
-        elif cid in untracked_ids and cid not in kept_untracked:
-            kept_untracked[cid] = cell
-            anchor = f"id:{cid}"
-        else:
-            extras.setdefault(anchor, []).append(_plain(cell))
 
-    missing = [gid for gid, s in by_gid.items() if s.kind == "answer" and gid not in answers]
-    for where, cell in renamed:
+    def extra(self, cell: NotebookNode, where: str | None) -> None:
+        self.extras.setdefault(where, []).append(_plain(cell))
+
+
+def _match_cell(cell: NotebookNode, layout: Layout, m: Match) -> None:
+    """Put one student cell: into its answer slot, after its anchor, or aside as a renamed answer."""
+    gid, cid = grade_id(cell), cell.get("id")
+    if gid not in layout.by_gid and is_answer(cell) and layout.gid_of_cell_id.get(cid) not in (None, *m.answers):
+        m.notes.append(f"answer cell {gid!r} graded as {layout.gid_of_cell_id[cid]!r} (its id was changed)")
+        gid = layout.gid_of_cell_id[cid]
+    slot = layout.by_gid.get(gid) if gid else None
+    if slot is not None and slot.kind == "answer" and gid not in m.answers:
+        m.answers[gid] = cell  # type: ignore[index]
+        m.anchor = gid
+    elif slot is not None:
+        m.anchor = gid  # a test or locked cell: the source's copy is used
+        if slot.kind == "answer":
+            m.extra(cell, m.anchor)
+    elif gid and is_answer(cell):
+        m.renamed.append((m.anchor, cell))
+    elif gid and nbgrader_meta(cell).get("grade"):
+        m.notes.append(f"test cell {gid!r} is not in the lab; the lab's tests were run instead")
+    elif cid in layout.untracked_ids and cid not in m.kept_untracked:
+        m.kept_untracked[cid] = cell
+        m.anchor = f"id:{cid}"
+    else:
+        m.extra(cell, m.anchor)
+
+
+def match(student: NotebookNode, layout: Layout) -> Match:
+    """Match the student's cells to the lab's slots; answers whose id changed fill the missing
+    answer slots in order, the rest stay where the student put them."""
+    m = Match()
+    for cell in student.cells:
+        _match_cell(cell, layout, m)
+    missing = [gid for gid, s in layout.by_gid.items() if s.kind == "answer" and gid not in m.answers]
+    for where, cell in m.renamed:
         if missing:
             gid = missing.pop(0)
-            notes.append(f"answer cell {grade_id(cell)!r} graded as {gid!r} (its id was changed)")
-            answers[gid] = cell
+            m.notes.append(f"answer cell {grade_id(cell)!r} graded as {gid!r} (its id was changed)")
+            m.answers[gid] = cell
         else:
-            extras.setdefault(where, []).append(_plain(cell))
+            m.extra(cell, where)
+    return m
 
-    cells: list[NotebookNode] = list(extras[None])
-    for slot in slots:
+
+def _answer_cell(src: NotebookNode, m: Match, blank_by_gid: dict[str, NotebookNode]) -> NotebookNode:
+    """The source's answer cell holding the student's answer, or the blank cell when there is none."""
+    gid = grade_id(src)
+    if gid not in m.answers:
+        m.notes.append(f"answer cell {gid!r} is missing; the blank cell was graded")
+        return copy.deepcopy(blank_by_gid.get(gid, src))  # type: ignore[arg-type]
+    cell = copy.deepcopy(src)
+    cell.source = m.answers[gid].source
+    cell.attachments = m.answers[gid].get("attachments", {}) if src.cell_type == "markdown" else None
+    if cell.attachments is None:
+        cell.pop("attachments", None)
+    return cell
+
+
+def assemble(layout: Layout, m: Match, source: NotebookNode, blank: NotebookNode) -> NotebookNode:
+    """The graded notebook in the source's order: answers and kept cells from the student, tests and
+    locked cells from the source, each followed by the student's own cells that came after it."""
+    blank_by_gid = {grade_id(c): c for c in blank.cells if grade_id(c)}
+    cells: list[NotebookNode] = list(m.extras[None])
+    for slot in layout.slots:
         src = slot.source_cell
-        gid = grade_id(src)
-        if slot.kind == "answer":
-            if gid in answers:
-                cell = copy.deepcopy(src)
-                cell.source = answers[gid].source
-                cell.attachments = answers[gid].get("attachments", {}) if src.cell_type == "markdown" else None
-                if cell.attachments is None:
-                    cell.pop("attachments", None)
-            else:
-                notes.append(f"answer cell {gid!r} is missing; the blank cell was graded")
-                cell = copy.deepcopy(blank_by_gid.get(gid, src))
-            cells.append(_clean(cell))
-            cells.extend(extras.get(gid, []))
-        elif slot.kind in ("test", "locked"):
-            cells.append(_clean(copy.deepcopy(src)))
-            cells.extend(extras.get(gid, []))
-        else:
+        if slot.kind == "untracked":
             cid = src.get("id")
-            if cid in kept_untracked:
-                cells.append(_clean(copy.deepcopy(kept_untracked[cid])))
-                cells.extend(extras.get(f"id:{cid}", []))
+            if cid in m.kept_untracked:
+                cells.append(_clean(copy.deepcopy(m.kept_untracked[cid])))
+                cells.extend(m.extras.get(f"id:{cid}", []))
+            continue
+        cells.append(_clean(_answer_cell(src, m, blank_by_gid) if slot.kind == "answer" else copy.deepcopy(src)))
+        cells.extend(m.extras.get(grade_id(src), []))
     nb = copy.deepcopy(source)
     nb.cells = cells
     for i, cell in enumerate(nb.cells):  # unique ids, in order (a student may have duplicated cells)
         cell.id = f"g{i:03d}-{(cell.get('id') or 'cell')[:40]}"
-    return nb, notes
+    return nb
+
+
+def rebuild(student: NotebookNode, source: NotebookNode, blank: NotebookNode) -> tuple[NotebookNode, list[str]]:
+    """The notebook to grade and notes on what was restored (see the module docstring):
+    :func:`match` the student's cells to the lab's, then :func:`assemble` them in the lab's order."""
+    layout = Layout.of(source)
+    m = match(student, layout)
+    return assemble(layout, m, source, blank), m.notes
 
 
 def _plain(cell: NotebookNode) -> NotebookNode:
