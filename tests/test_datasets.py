@@ -246,7 +246,7 @@ def _write_arrays(root: Path, flag: str, change) -> Path:
     (lambda a: a.update(train_labels=a["train_labels"].astype(np.float32)),
      r"train labels are float32 \(1,\), expected integer class labels"),
     (lambda a: a.update(test_images=np.zeros((156, 32, 32), np.uint8)),
-     r"test images are uint8 \(32, 32\), expected uint8 \(28, 28\)"),
+     r"test images are uint8 \(32, 32\), expected uint8 \(28, 28\) for breastmnist at size 28"),
     (lambda a: a.update(test_labels=np.full((156, 1), 7, np.uint8)),
      r"test labels run from 7 to 7, expected 0 to 1"),
     (lambda a: a.pop("val_labels"), r"no array 'val_labels'"),
@@ -259,6 +259,58 @@ def test_nonstandard_real_file_is_a_clear_error(change, match, data_dir, offline
     assert str(path) in message and "dlmi-data fetch breastmnist" in message
     assert INFO["breastmnist"]["MD5"] in message
     assert not (data_dir / ".verified" / "breastmnist.npz.json").exists()
+
+
+def test_size_error_says_how_to_load_a_subset(data_dir, offline):
+    _write_arrays(data_dir, "breastmnist", lambda a: a.update(train_images=a["train_images"][:100],
+                                                             train_labels=a["train_labels"][:100]))
+    with pytest.raises(dlmi.CorruptDataError, match="allow_nonstandard=True") as err:
+        dlmi.load_medmnist_tensors("breastmnist", "train", mode="real")
+    assert "train split has 100 images and 100 labels" in str(err.value)
+    assert not isinstance(err.value, AssertionError)
+
+
+def _subset(arrays: dict) -> None:
+    for split, n in (("train", 100), ("val", 20), ("test", 30)):
+        arrays[f"{split}_images"] = arrays[f"{split}_images"][:n]
+        arrays[f"{split}_labels"] = arrays[f"{split}_labels"][:n]
+
+
+def test_allow_nonstandard_loads_a_subset_under_a_flag_of_its_own(data_dir, offline):
+    path = _write_arrays(data_dir, "breastmnist", _subset)
+    ds = dlmi.load_medmnist("breastmnist", "val", mode="real", allow_nonstandard=True)
+    assert ds.flag == "breastmnist_nonstandard" and ds.data_mode == "real"
+    assert len(ds) == 20 and "Number of datapoints: 20" in repr(ds)
+    assert INFO["breastmnist"]["n_samples"]["val"] == 78, "the real flag's entry is untouched"
+    assert len(list(torch.utils.data.DataLoader(ds, batch_size=8))) == 3
+    with np.load(path) as npz:
+        assert np.array_equal(ds.imgs, npz["val_images"]), "the subset itself, not a copy of anything else"
+    x, y = dlmi.load_medmnist_tensors("breastmnist", "test", mode="auto", allow_nonstandard=True)
+    assert x.shape == (30, 1, 28, 28) and y.shape == (30,)
+    evaluator = medmnist.Evaluator("breastmnist_nonstandard", "test", root=ds.root)
+    assert evaluator.evaluate(np.eye(2)[y.numpy()])[1] == 1.0
+    with pytest.raises(dlmi.CorruptDataError, match="has 100 images and 100 labels, but .* expects 546"):
+        dlmi.load_medmnist("breastmnist", "val", mode="real")
+
+
+def test_allow_nonstandard_still_checks_everything_else(data_dir, offline):
+    def subset_with_float_labels(arrays):
+        _subset(arrays)
+        arrays["val_labels"] = arrays["val_labels"].astype(np.float32)
+
+    _write_arrays(data_dir, "breastmnist", subset_with_float_labels)
+    with pytest.raises(dlmi.CorruptDataError, match=r"val labels are float32 \(1,\), expected integer"):
+        dlmi.load_medmnist("breastmnist", "val", mode="real", allow_nonstandard=True)
+    _write_arrays(data_dir, "breastmnist", lambda a: (_subset(a), a.update(test_labels=a["test_labels"][:5])))
+    with pytest.raises(dlmi.CorruptDataError, match="test split has 30 images and 5 labels, but every image"):
+        dlmi.load_medmnist("breastmnist", "test", mode="real", allow_nonstandard=True)
+
+
+def test_allow_nonstandard_on_a_standard_file_uses_the_real_flag(data_dir, offline):
+    write_fake_real(data_dir)
+    ds = dlmi.load_medmnist("breastmnist", "val", mode="real", allow_nonstandard=True)
+    assert type(ds) is medmnist.BreastMNIST and len(ds) == 78
+    assert not (data_dir / "nonstandard").exists()
 
 
 def test_uint8_tensors_match_float_ones(data_dir, offline):

@@ -77,14 +77,16 @@ def _refetch_hint(path: Path, flag: str, size: int) -> str:
     sized = "" if size == 28 else f" --size {size}"
     return (f"Delete {path} and re-fetch it with `dlmi-data fetch {flag}{sized}` (it checks the "
             f"MD5), or download {INFO[flag].get(f'url{suffix}') or 'it'} by hand "
-            f"(MD5 {INFO[flag].get(f'MD5{suffix}')}). A subset of your own needs a flag of its "
-            "own: medmnist checks every split's length against medmnist.INFO.")
+            f"(MD5 {INFO[flag].get(f'MD5{suffix}')}). A subset of your own (other split sizes) "
+            "loads with allow_nonstandard=True, under a flag of its own: medmnist checks every "
+            "split's length against medmnist.INFO.")
 
 
-def _validate(path: Path, flag: str, size: int = 28) -> None:
+def _validate(path: Path, flag: str, size: int = 28, *, standard: bool = True) -> None:
     """Raise :class:`CorruptDataError` unless ``path`` is a readable MedMNIST npz for ``flag``
-    at ``size``: all six arrays, uint8 images (N, size, size[, 3]), integer labels of the
-    task's shape and range, and the split sizes of ``medmnist.INFO`` (decompresses every array)."""
+    at ``size``: all six arrays, as many labels as images, uint8 images (N, size, size[, 3]),
+    integer labels of the task's shape and range, and (if ``standard``) the split sizes of
+    ``medmnist.INFO`` (decompresses every array)."""
     meta = INFO[flag]
     channels, n_labels = meta["n_channels"], len(meta["label"])
     multi = meta["task"].startswith("multi-label")
@@ -97,13 +99,16 @@ def _validate(path: Path, flag: str, size: int = 28) -> None:
                     raise ValueError(f"it has no array {missing[0]!r} "
                                      f"(arrays: {', '.join(npz.files) or 'none'})")
                 images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
-                want = meta["n_samples"][split]
+                want = meta["n_samples"][split] if standard else len(images)
                 if len(images) != want or len(labels) != want:
+                    expects = (f"medmnist.INFO[{flag!r}] expects {want}" if standard
+                               else "every image needs one label")
                     raise ValueError(f"its {split} split has {len(images)} images and {len(labels)} "
-                                     f"labels, but medmnist.INFO[{flag!r}] expects {want}")
+                                     f"labels, but {expects}")
                 if images.dtype != np.uint8 or images.shape[1:] != image_shape:
                     raise ValueError(f"its {split} images are {images.dtype} {images.shape[1:]}, "
-                                     f"expected uint8 {image_shape} for {flag} at size {size}")
+                                     f"expected uint8 {image_shape} for {flag} at size {size} "
+                                     f"(a file of another size is named {flag}_<size>.npz)")
                 label_shape = (n_labels,) if multi else (1,)
                 if labels.dtype.kind not in "ui" or labels.shape[1:] != label_shape:
                     raise ValueError(f"its {split} labels are {labels.dtype} {labels.shape[1:]}, "
@@ -120,8 +125,10 @@ def _validate(path: Path, flag: str, size: int = 28) -> None:
 # A file is validated once: its (size, mtime) is remembered in this process and in a stamp
 # beside the data (``<root>/.verified/<name>.json``), so later loads, and other kernels, skip
 # the decompression. A file that changes on disk (new size or mtime) is validated again.
-CHECKS_VERSION = 2  # bump when _validate checks more: older stamps are then ignored
-_verified: dict[str, tuple[int, int, int]] = {}
+# A stamp also says whether the split sizes were checked (``standard``): a file accepted with
+# ``allow_nonstandard=True`` is not thereby accepted as the real data set.
+CHECKS_VERSION = 3  # bump when _validate checks more: older stamps are then ignored
+_verified: dict[str, tuple[int, int, int, bool]] = {}
 validations = 0  # full validations done in this process (for tests and measurements)
 
 
@@ -129,23 +136,26 @@ def _stamp_path(path: Path) -> Path:
     return path.parent / ".verified" / f"{path.name}.json"
 
 
-def _stamp_matches(path: Path) -> dict[str, Any] | None:
-    """The stamp of ``path`` if it was written for this very file (size, mtime, checks)."""
+def _stamp_matches(path: Path, standard: bool = True) -> dict[str, Any] | None:
+    """The stamp of ``path`` if it was written for this very file (size, mtime, checks) with
+    the split sizes checked, or (``standard=False``) with or without."""
     try:
         stamp = json.loads(_stamp_path(path).read_text())
         st = path.stat()
     except (OSError, ValueError):
         return None
     same = (stamp.get("checks") == CHECKS_VERSION and stamp.get("size") == st.st_size
-            and stamp.get("mtime_ns") == st.st_mtime_ns)
+            and stamp.get("mtime_ns") == st.st_mtime_ns and (stamp.get("standard") or not standard))
     return stamp if same else None
 
 
-def mark_verified(path: Path, md5: str | None = None) -> None:
-    """Remember that ``path`` passed :func:`_validate` (and, with ``md5``, its checksum)."""
+def mark_verified(path: Path, md5: str | None = None, *, standard: bool = True) -> None:
+    """Remember that ``path`` passed :func:`_validate` (and, with ``md5``, its checksum);
+    ``standard=False``: passed without the split-size check."""
     st = path.stat()
-    _verified[str(path)] = (st.st_size, st.st_mtime_ns, st.st_ino)
-    stamp = {"checks": CHECKS_VERSION, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": md5}
+    _verified[str(path)] = (st.st_size, st.st_mtime_ns, st.st_ino, standard)
+    stamp = {"checks": CHECKS_VERSION, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "md5": md5,
+             "standard": standard}
     try:  # best effort: a read-only data root only loses the memory across processes
         folder = _stamp_path(path).parent
         folder.mkdir(exist_ok=True)
@@ -156,18 +166,50 @@ def mark_verified(path: Path, md5: str | None = None) -> None:
         pass
 
 
-def ensure_valid(path: Path, flag: str, size: int = 28) -> None:
-    """:func:`_validate` ``path`` unless this very file (size, mtime) was validated before."""
+def ensure_valid(path: Path, flag: str, size: int = 28, *, standard: bool = True) -> None:
+    """:func:`_validate` ``path`` unless this very file (size, mtime) was validated before
+    (with the split-size check, unless ``standard=False``)."""
     global validations
     st = path.stat()
-    if _verified.get(str(path)) == (st.st_size, st.st_mtime_ns, st.st_ino):
+    known = _verified.get(str(path))
+    if known and known[:3] == (st.st_size, st.st_mtime_ns, st.st_ino) and (known[3] or not standard):
         return
-    if _stamp_matches(path):
-        _verified[str(path)] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    if stamp := _stamp_matches(path, standard):
+        _verified[str(path)] = (st.st_size, st.st_mtime_ns, st.st_ino, bool(stamp["standard"]))
         return
     validations += 1
-    _validate(path, flag, size)
-    mark_verified(path)
+    _validate(path, flag, size, standard=standard)
+    mark_verified(path, standard=standard)
+
+
+def _file_split_sizes(path: Path) -> dict[str, int] | None:
+    """Number of labels per split in an npz (labels are small); None if it cannot be read."""
+    try:
+        with np.load(path) as npz:
+            return {s: len(npz[f"{s}_labels"]) for s in SPLITS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def _register_nonstandard(flag: str, size: int, path: Path, sizes: dict[str, int]) -> tuple[str, Path]:
+    """Register a subset file of ``flag`` with other split sizes as ``<flag>_nonstandard``
+    (INFO entry with its sizes + MedMNIST2D subclass), linked as
+    ``<root>/nonstandard/<flag>_nonstandard[_size].npz``, where medmnist looks for it."""
+    name = f"{flag}_nonstandard"
+    meta = dict(INFO[flag])
+    meta.update(python_class=f"{meta['python_class']}Nonstandard", n_samples=sizes,
+                description=f"NONSTANDARD subset of {flag} from {path} (split sizes {sizes}).")
+    meta.update({k: None for k in meta if k.startswith(("url", "MD5"))})
+    INFO[name] = meta
+    if not hasattr(medmnist, meta["python_class"]):
+        setattr(medmnist, meta["python_class"], type(meta["python_class"], (MedMNIST2D,), {"flag": name}))
+    folder = path.parent / "nonstandard"
+    folder.mkdir(exist_ok=True)
+    link = folder / f"{name}{_suffix(size)}.npz"
+    if not (link.is_symlink() and link.resolve() == path.resolve()):
+        link.unlink(missing_ok=True)
+        link.symlink_to(path.resolve())
+    return name, link
 
 
 def _register_standin(flag: str, fraction: float, size: int) -> str:
@@ -219,8 +261,13 @@ def _standin(flag: str, size: int, root: Path, fraction: float | None) -> tuple[
 
 
 def resolve(flag: str, size: int = 28, root: str | os.PathLike | None = None,
-            mode: Mode | None = None, fraction: float | None = None) -> tuple[str, str, Path]:
-    """Decide where a data set comes from: ``(mode_used, medmnist_flag, npz_path)``."""
+            mode: Mode | None = None, fraction: float | None = None, *,
+            allow_nonstandard: bool = False) -> tuple[str, str, Path]:
+    """Decide where a data set comes from: ``(mode_used, medmnist_flag, npz_path)``.
+
+    A real file whose split sizes differ from ``medmnist.INFO`` is an error, unless
+    ``allow_nonstandard`` (an instructor's own subset): it is then checked in every other way
+    and registered with medmnist as ``<flag>_nonstandard`` with its own sizes."""
     mode = mode or os.environ.get("DLMI_DATA", "auto")
     _check_args(flag, size, mode)
     folder = data_root(root)
@@ -233,6 +280,10 @@ def resolve(flag: str, size: int = 28, root: str | os.PathLike | None = None,
                 from .fetch import fetch
                 tries = 1 if mode == "auto" else int(os.environ.get("DLMI_FETCH_RETRIES") or 3)
                 real = fetch(flag, size, folder, retries=tries, quiet=True)
+            sizes = _file_split_sizes(real) if allow_nonstandard else None
+            if sizes and sizes != INFO[flag]["n_samples"]:
+                ensure_valid(real, flag, size, standard=False)
+                return "real", *_register_nonstandard(flag, size, real, sizes)
             ensure_valid(real, flag, size)
             return "real", flag, real
         except DataUnavailableError as err:
@@ -247,9 +298,10 @@ def resolve(flag: str, size: int = 28, root: str | os.PathLike | None = None,
 
 
 def resolve_mode(flag: str, size: int = 28, root: str | os.PathLike | None = None,
-                 mode: Mode | None = None) -> Literal["real", "synthetic"]:
+                 mode: Mode | None = None, *,
+                 allow_nonstandard: bool = False) -> Literal["real", "synthetic"]:
     """``"real"`` or ``"synthetic"``: which data :func:`load_medmnist` would use."""
-    return resolve(flag, size, root, mode)[0]  # type: ignore[return-value]
+    return resolve(flag, size, root, mode, allow_nonstandard=allow_nonstandard)[0]  # type: ignore[return-value]
 
 
 def to_tensor() -> v2.Compose:
@@ -260,11 +312,14 @@ def to_tensor() -> v2.Compose:
 def load_medmnist(flag: str, split: str, size: int = 28, root: str | os.PathLike | None = None,
                   mode: Mode | None = None, transform: Callable | None = None,
                   target_transform: Callable | None = None, as_rgb: bool = False,
-                  fraction: float | None = None) -> MedMNIST2D:
-    """A MedMNIST split as the real medmnist Dataset class; ``.data_mode`` says real or synthetic."""
+                  fraction: float | None = None, *, allow_nonstandard: bool = False) -> MedMNIST2D:
+    """A MedMNIST split as the real medmnist Dataset class; ``.data_mode`` says real or synthetic.
+
+    ``allow_nonstandard=True`` accepts a real file with other split sizes (a subset of your
+    own), loaded as medmnist flag ``<flag>_nonstandard``; see :func:`resolve`."""
     mode = mode or os.environ.get("DLMI_DATA", "auto")
     _check_args(flag, size, mode, split)
-    used, name, path = resolve(flag, size, root, mode, fraction)
+    used, name, path = resolve(flag, size, root, mode, fraction, allow_nonstandard=allow_nonstandard)
     cls = getattr(medmnist, INFO[name]["python_class"])
     ds = cls(split=split, transform=transform or to_tensor(), target_transform=target_transform,
              download=False, as_rgb=as_rgb, root=str(path.parent), size=size)
@@ -274,17 +329,19 @@ def load_medmnist(flag: str, split: str, size: int = 28, root: str | os.PathLike
 
 def load_medmnist_tensors(flag: str, split: str, size: int = 28, root: str | os.PathLike | None = None,
                           mode: Mode | None = None, device: torch.device | str | None = None,
-                          fraction: float | None = None, *,
-                          dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+                          fraction: float | None = None, *, dtype: torch.dtype = torch.float32,
+                          allow_nonstandard: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole split as tensors ``(x, y)`` for GPU-resident training.
 
     ``x`` is float32 (N, C, H, W) in [0, 1]; with ``dtype=torch.uint8`` it keeps the file's
     bytes (a quarter of the memory: pick a subset first, then :func:`to_float`). ``y`` is int64
-    (N,) for single-label tasks and float32 (N, L) for multi-label ones.
+    (N,) for single-label tasks and float32 (N, L) for multi-label ones. ``allow_nonstandard``:
+    as in :func:`load_medmnist`.
     """
     if dtype not in (torch.float32, torch.uint8):
         raise ValueError(f"dtype must be torch.float32 or torch.uint8, got {dtype}")
-    ds = load_medmnist(flag, split, size, root, mode, fraction=fraction)
+    ds = load_medmnist(flag, split, size, root, mode, fraction=fraction,
+                       allow_nonstandard=allow_nonstandard)
     x = torch.from_numpy(ds.imgs)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     x = x.contiguous() if dtype == torch.uint8 else to_float(x)
