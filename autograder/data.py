@@ -110,8 +110,9 @@ def kernel_copy(source: Path, target: Path, splits: list[str]) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with np.load(source) as npz:
-        arrays = {key: npz[key] if key.split("_")[0] in splits else np.zeros(npz[key].shape, npz[key].dtype)
-                  for key in npz.files}
+        arrays = {key: np.zeros(npz[key].shape, npz[key].dtype)
+                  if key.split("_")[0] in ("train", "val", "test") and key.split("_")[0] not in splits else npz[key]
+                  for key in npz.files}  # other keys (the stand-in's standin_version) are kept
     tmp = target.with_name(target.name + ".tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, target)
