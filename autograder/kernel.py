@@ -266,17 +266,10 @@ class KernelSession:
         assert self.client is not None
         self._check_alive(f"before {where}")
         msg_id = self.client.execute(code, store_history=store_history, allow_stdin=False)
-        start = time.monotonic()
-        cell_end = min(self.deadline, start + self.limits.cell_timeout_s)
+        cell_end = min(self.deadline, time.monotonic() + self.limits.cell_timeout_s)
         result, clear_pending = ExecResult(), False
         while True:
-            now = time.monotonic()
-            if now > cell_end:
-                if now >= self.deadline:
-                    self._fail("timeout", f"the notebook ran longer than {self.limits.timeout_s:.0f} s (in {where})")
-                else:
-                    self._fail("timeout", f"{where} ran longer than {self.limits.cell_timeout_s:.0f} s")
-                raise self.failure  # type: ignore[misc]
+            self._check_time(cell_end, where)
             try:
                 msg = self.client.get_iopub_msg(timeout=0.1)
             except queue.Empty:
@@ -284,33 +277,47 @@ class KernelSession:
                 continue
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
-            kind, content = msg["msg_type"], msg["content"]
-            if kind == "status" and content["execution_state"] == "idle":
-                break
-            if kind == "clear_output":
-                if content.get("wait"):
-                    clear_pending = True
-                else:
-                    result.outputs.clear()
-                continue
-            if kind not in ("stream", "display_data", "execute_result", "error"):
-                continue
-            if kind == "display_data" and bridge.MIME in content.get("data", {}):
-                if bridge_call:
-                    result.bridge.append(content)
-                self._count_answer(content, where)  # answers to graded checks have an output limit of their own
-                continue
-            if kind == "error":
-                result.error = {"ename": content["ename"], "evalue": content["evalue"],
-                                "traceback": content["traceback"]}
-            self._count_output(content, where)
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                return result
+            clear_pending = self._take(msg, result, where, bridge_call, clear_pending)
+
+    def _check_time(self, cell_end: float, where: str) -> None:
+        """End the session with a timeout once the cell's or the notebook's time is up."""
+        now = time.monotonic()
+        if now <= cell_end:
+            return
+        if now >= self.deadline:
+            self._fail("timeout", f"the notebook ran longer than {self.limits.timeout_s:.0f} s (in {where})")
+        else:
+            self._fail("timeout", f"{where} ran longer than {self.limits.cell_timeout_s:.0f} s")
+        raise self.failure  # type: ignore[misc]
+
+    def _take(self, msg: dict[str, Any], result: ExecResult, where: str, bridge_call: bool,
+              clear_pending: bool) -> bool:
+        """Add one message of the running cell to ``result``, counting it against the limits; returns
+        whether a ``clear_output(wait=True)`` still waits for the next output."""
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "clear_output":
+            if content.get("wait"):
+                return True
+            result.outputs.clear()
+            return clear_pending
+        if kind not in ("stream", "display_data", "execute_result", "error"):
+            return clear_pending
+        if kind == "display_data" and bridge.MIME in content.get("data", {}):
             if bridge_call:
-                continue  # what a judged call prints is not part of the notebook
-            if clear_pending:
-                result.outputs.clear()
-                clear_pending = False
-            _append_output(result.outputs, output_from_msg(msg))
-        return result
+                result.bridge.append(content)
+            self._count_answer(content, where)  # answers to graded checks have an output limit of their own
+            return clear_pending
+        if kind == "error":
+            result.error = {"ename": content["ename"], "evalue": content["evalue"], "traceback": content["traceback"]}
+        self._count_output(content, where)
+        if bridge_call:
+            return clear_pending  # what a judged call prints is not part of the notebook
+        if clear_pending:
+            result.outputs.clear()
+        _append_output(result.outputs, output_from_msg(msg))
+        return False
 
     def _count_output(self, content: dict[str, Any], where: str) -> None:
         size = len(content.get("text", "")) + sum(len(str(v)) for v in content.get("data", {}).values())

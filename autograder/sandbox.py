@@ -436,6 +436,62 @@ def _spawned(spec: Spec) -> None:
             os._exit(code)
 
 
+def _preload(preload: list[str]) -> None:
+    """Import the libraries every kernel will use (a lab's optional one may be missing)."""
+    import importlib
+    for name in preload:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:  # a lab's optional library: its notebook will say so itself
+            if name == "ipykernel.kernelapp":
+                raise
+            print(f"zygote: cannot preload {name}: {err}", file=sys.stderr, flush=True)
+
+
+def _listen(socket_path: str) -> socket.socket:
+    """The zygote's Unix socket, which only the grader's own user may connect to."""
+    if os.path.exists(socket_path):
+        os.unlink(socket_path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o077)
+    server.bind(socket_path)
+    os.umask(old_umask)
+    server.listen(64)
+    return server
+
+
+def _answer(selector: selectors.BaseSelector, key: selectors.SelectorKey) -> None:
+    """Read one spec from a worker's connection, fork its sandboxed kernel and answer with its pid
+    (or the error); a closed connection is unregistered."""
+    stream = key.data
+    line = stream.readline()
+    if not line:
+        selector.unregister(key.fileobj)
+        stream.close()
+        key.fileobj.close()  # type: ignore[union-attr]
+        return
+    try:
+        spec = Spec(**json.loads(line))
+        pid = os.fork()
+        if pid == 0:
+            _spawned(spec)
+        stream.write(json.dumps({"pid": pid}) + "\n")
+    except Exception as err:  # answer and go on: one bad spec must not stop the others
+        stream.write(json.dumps({"error": f"{type(err).__name__}: {err}"}) + "\n")
+    stream.flush()
+
+
+def _reap_finished() -> None:
+    """Collect the sandboxes that have finished (without waiting)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def zygote_main(socket_path: str, preload: list[str]) -> None:
     """Import ``preload`` once, then fork a sandboxed kernel for each spec a worker sends."""
     die_with_parent()
@@ -444,21 +500,8 @@ def zygote_main(socket_path: str, preload: list[str]) -> None:
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # library chatter goes to the log, not into the protocol
     try:
-        import importlib
-        for name in preload:
-            try:
-                importlib.import_module(name)
-            except ImportError as err:  # a lab's optional library: its notebook will say so itself
-                if name == "ipykernel.kernelapp":
-                    raise
-                print(f"zygote: cannot preload {name}: {err}", file=sys.stderr, flush=True)
-        if os.path.exists(socket_path):
-            os.unlink(socket_path)
-        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o077)  # only the grader's own user may connect
-        server.bind(socket_path)
-        os.umask(old_umask)
-        server.listen(64)
+        _preload(preload)
+        server = _listen(socket_path)
     except BaseException as err:
         out.write(json.dumps({"ready": False, "error": f"{type(err).__name__}: {err}"}) + "\n")
         raise
@@ -475,30 +518,8 @@ def zygote_main(socket_path: str, preload: list[str]) -> None:
                 conn, _ = server.accept()
                 selector.register(conn, selectors.EVENT_READ, conn.makefile("rw"))
             else:
-                stream = key.data
-                line = stream.readline()
-                if not line:
-                    selector.unregister(key.fileobj)
-                    stream.close()
-                    key.fileobj.close()
-                    continue
-                try:
-                    spec = Spec(**json.loads(line))
-                    pid = os.fork()
-                    if pid == 0:
-                        _spawned(spec)
-                    stream.write(json.dumps({"pid": pid}) + "\n")
-                except Exception as err:  # answer and go on: one bad spec must not stop the others
-                    stream.write(json.dumps({"error": f"{type(err).__name__}: {err}"}) + "\n")
-                stream.flush()
-        while True:  # reap finished sandboxes
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-
+                _answer(selector, key)
+        _reap_finished()
 
 if __name__ == "__main__":
     if sys.argv[1] == "--probe":
