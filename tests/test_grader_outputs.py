@@ -22,6 +22,19 @@ LAB = "lab02-convolution"
 # markup that could act: an element that runs or embeds, an event handler, a script URL in an attribute
 LIVE = re.compile(r"<\s*(?:script|svg|math|iframe|object|embed|meta|base|form|style)\b|<[^>]*\son\w+\s*=|"
                   r"<[^>]*=\s*[\"']?\s*javascript:", re.I)
+# on a feedback page the grader's own MathML may stand (see mathml_problems), nothing else of the above
+LIVE_ON_PAGE = re.compile(LIVE.pattern.replace("svg|math|", "svg|"), re.I)
+
+
+def mathml_problems(body: str) -> list[str]:
+    """Elements or attributes inside the page's ``<math>`` that the MathML allow-list does not name."""
+    problems = []
+    for formula in re.findall(r"<math\b.*?</math>", body, re.S | re.I):
+        for tag, attrs in re.findall(r"<([a-zA-Z][\w-]*)([^>]*)>", formula):
+            if tag.lower() not in safehtml.MATHML_TAGS:
+                problems.append(tag)
+            problems += [a for a in re.findall(r"([\w:-]+)\s*=", attrs) if a.lower() not in safehtml._MATHML_ATTRS]
+    return problems
 
 
 def payloads() -> list[str]:
@@ -130,6 +143,87 @@ def test_feedback_pages_hold_no_executable_markup(feedback_pages: dict[str, Path
         page = feedback_pages[student].read_text()
         assert "Content-Security-Policy" in page and "script-src 'none'" in page
         body = page[page.index("<body"):]                       # the head holds only our meta and styles
-        assert not LIVE.findall(body), (student, LIVE.findall(body))
+        assert not LIVE_ON_PAGE.findall(body), (student, LIVE_ON_PAGE.findall(body))
+        assert not mathml_problems(body), (student, mathml_problems(body))
         assert page.count("<script") == 0
     assert "could not be graded" in feedback_pages["fay"].read_text()
+
+
+def test_tex_becomes_mathml_made_from_text_only() -> None:
+    page = feedback.with_mathml("Cost $x < y$, $$\\frac{a}{b}$$ and $\\text{<script>alert(1)</script><b>t</b>}$; "
+                                "`echo $HOME $PATH` stays code.")
+    assert page.count("<math") == 3 and 'display="block"' in page and "<mfrac>" in page
+    assert "<script" not in page and "<b>" not in page and "alert(1)" in page   # the text, not the markup
+    assert "<code>echo $HOME $PATH</code>" in page
+    assert "$x" not in page and "$$" not in page
+    assert feedback.with_mathml("broken $\\frac{$ stays") .count("<math") == 0  # TeX that does not convert
+
+
+def test_the_page_keeps_the_mathml_it_needs_and_nothing_more() -> None:
+    kept = safehtml.sanitize_page('<body><math display="block"><mrow><mi mathvariant="bold">x</mi><mo stretchy='
+                                  '"false">=</mo><mfrac><mn>1</mn><mn>2</mn></mfrac></mrow></math></body>')
+    assert '<math display="block"><mrow><mi mathvariant="bold">x</mi><mo stretchy="false">=</mo>' in kept
+    dropped = safehtml.sanitize_page('<body><math><mi href="javascript:alert(1)" style="color:red">x</mi>'
+                                     '<maction actiontype="statusline"><mi>y</mi></maction><semantics>'
+                                     '<annotation-xml encoding="text/html"><img src=x onerror=alert(1)>'
+                                     '</annotation-xml></semantics><mglyph></mglyph></math></body>')
+    body = dropped[dropped.index("<body"):]
+    assert "<mi>x</mi>" in body and not mathml_problems(body) and not LIVE_ON_PAGE.findall(body), body
+    assert "&lt;math" in safehtml.clean("<math><mi>x</mi></math>"), "in a cell a student's MathML stays text"
+
+
+@pytest.fixture(scope="module")
+def graded_page(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The feedback page of a hand-in that passed every test, before and after its written answer
+    was graded by hand."""
+    root = tmp_path_factory.mktemp("graded")
+    shutil.copytree(ROOT / "solutions" / LAB, root / "solutions" / LAB)
+    lab = course.load_lab(LAB, root)
+    nb_path = root / "results" / "autograded" / "ann" / LAB / f"{LAB}.ipynb"
+    nb_path.parent.mkdir(parents=True)
+    nbformat.write(lab.source, nb_path)
+    tests = [{"grade_id": notebook.grade_id(c), "points": float(notebook.nbgrader_meta(c)["points"]),
+              "max_points": float(notebook.nbgrader_meta(c)["points"]), "passed": True,
+              "hidden": notebook.has_hidden(c), "message": "passed"} for c in lab.source.cells if notebook.is_test(c)]
+    score = sum(t["points"] for t in tests)
+    store.write_json(root / "results" / LAB / "ann.json",
+                     {"student": "ann", "lab": LAB, "origin": "ann.ipynb", "status": "graded", "score": score,
+                      "max_score": score, "tests": tests, "autograded": str(nb_path)})
+    pages = {"ungraded": feedback.generate(root, LAB, ["ann"])[0].read_text()}
+    from nbgrader.api import Gradebook
+    with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+        gb.find_grade("written_parameters", LAB, LAB, "ann").manual_score = 2.5  # what formgrader stores
+        gb.db.commit()
+    pages["graded"] = feedback.generate(root, LAB, ["ann"])[0].read_text()
+    return pages
+
+
+def test_the_feedback_summary_names_each_test_and_a_written_answer_is_pending(graded_page: dict[str, str]) -> None:
+    page = graded_page["ungraded"]
+    summary = page[page.index('<div id="toc">'):page.index('id="notebook"')]
+    source = course.load_lab(LAB, ROOT).source
+    for cell in source.cells:
+        if notebook.is_test(cell):
+            gid, points = notebook.grade_id(cell), notebook.nbgrader_meta(cell)["points"]
+            name = feedback.title(gid, hidden=notebook.has_hidden(cell), manual=False)
+            assert f">{name}</a>\n<code>{gid}</code>: {points:g} / {points:g}</li>" in summary, gid
+    assert ">conv2d: hidden tests</a>" in summary and ">conv2d: visible tests</a>" in summary
+    assert "Test cell" not in summary
+    assert "<code>written_parameters</code>: <em class=\"dlmi-pending\">pending — not graded yet</em> (3 points)" \
+        in summary
+    assert "written answers (3\n      points): <em class=\"dlmi-pending\">pending" in page  # in the page's score line
+    assert "0 / 3" not in page and "0.0 / 3.0" not in page
+
+
+def test_a_written_answer_graded_by_hand_shows_its_score(graded_page: dict[str, str]) -> None:
+    page = graded_page["graded"]
+    assert "<code>written_parameters</code>: 2.5 / 3</li>" in page
+    assert "pending" not in page
+
+
+def test_the_feedback_page_shows_formulas_as_mathml_without_script(graded_page: dict[str, str]) -> None:
+    page = graded_page["ungraded"]
+    body = page[page.index("<body"):]
+    assert body.count("<math") == 3 and "<mfrac>" in body  # lab 2's three displayed formulas
+    assert "$" not in body, re.findall(r".{40}\$.{40}", body)  # no TeX left for a script to typeset
+    assert "<script" not in page and not mathml_problems(body)
