@@ -98,3 +98,35 @@ def test_chapter_notebooks_for_colab_are_up_to_date():
     result = subprocess.run([sys.executable, str(BOOK / "_ext" / "notebooks.py"), "--check"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr + " — run `make notebooks`"
+
+
+STANDIN_CALLOUT = 'class="admonition warning dlmi-standin"'
+
+
+@built
+@pytest.mark.parametrize("page", PAGES)
+def test_at_most_one_standin_callout_and_no_notice_lines(page):
+    """A page that runs on the synthetic stand-in says so once, in a callout whose text wraps
+    (not in a <pre> output), and names no path on the machine that built it."""
+    html = page_html(page)
+    assert html.count(STANDIN_CALLOUT) <= 1, f"{page}: {html.count(STANDIN_CALLOUT)} stand-in callouts"
+    assert "NOTICE: real MedMNIST" not in html, f"{page} shows the per-data-set NOTICE lines"
+    if STANDIN_CALLOUT in html:
+        start = html.index(STANDIN_CALLOUT)
+        callout = html[start:html.index("</div>", start)]
+        assert "synthetic" in callout and "<pre" not in callout
+        assert not re.search(r"(/root|/home|/tmp|\.medmnist)", callout), f"{page}: a path in the callout"
+
+
+def test_every_page_that_loads_medmnist_calls_the_data_notice_first():
+    """The callout comes from dlmi.display.data_notice in the page's first code cell, naming
+    every MedMNIST flag the page loads (a flag left out would print its own NOTICE line)."""
+    for page in CHAPTERS:
+        text = (BOOK / f"{page}.md").read_text()
+        cells = re.findall(r"```\{code-cell\}[^\n]*\n(.*?)```", text, re.S)
+        loaded = set(re.findall(r"(?:load_medmnist(?:_tensors)?|resolve_mode)\(\s*\"(\w+)\"", text))
+        if not loaded:
+            continue
+        assert cells and "data_notice(" in cells[0], f"{page}: first cell does not call data_notice"
+        named = set(re.findall(r"\"(\w+mnist)\"", cells[0]))
+        assert loaded <= named, f"{page}: data_notice misses {sorted(loaded - named)}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import html
 import io
+import re
 import sys
 import textwrap
 
@@ -185,20 +186,20 @@ class StandinNotice:
         body = [
             f"The real MedMNIST file{'' if one else 's'} for {listed} could not be had when "
             f"this page was run, so {'it is' if one else 'they are'} replaced by the synthetic "
-            "stand-in of dlmi.standin: generated images in the same format, not patient data. "
+            "stand-in of `dlmi.standin`: generated images in the same format, not patient data. "
             "Numbers computed from them show that the code runs, not how well it would do on "
             "the real images.",
-            "What the real images look like, at "
-            f"{self.size}×{self.size} pixels: "
-            + "; ".join(f"{n}: {REAL_LOOK.get(f, 'see medmnist.INFO')}"
-                        for f, n in zip(self.flags, names)) + ".",
+            "Real " + "; real ".join(
+                f"{n} images are {REAL_LOOK.get(f, 'described in medmnist.INFO')}"
+                for f, n in zip(self.flags, names)) + f", at {self.size}×{self.size} pixels.",
             "Fetch the real files with `dlmi-data fetch` (see Setup) and run the page again.",
         ]
         return title, body
 
     def _repr_html_(self) -> str:
         title, body = self.paragraphs()
-        paras = "".join(f"<p>{html.escape(p)}</p>" for p in body)
+        paras = "".join("<p>" + re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(p)) + "</p>"
+                        for p in body)
         return (f'<div class="admonition warning dlmi-standin">'
                 f'<p class="admonition-title">{html.escape(title)}</p>{paras}</div>')
 
