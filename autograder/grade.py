@@ -55,6 +55,8 @@ class Options:
 
 @dataclass
 class Job:
+    """One hand-in to grade: its notebook, or the ``problem`` intake found instead."""
+
     lab: str
     student: str
     origin: str
@@ -346,6 +348,7 @@ def _grade_here(job: Job, pack: LabPack) -> dict[str, Any]:
 
 
 def _warm() -> int:
+    """A first task for each worker, so that the pool starts its processes now."""
     return os.getpid()
 
 
