@@ -87,3 +87,12 @@ def test_recipe_runs_and_says_which_data(data_dir):
     assert set(result.metrics) == {"ACC", "AUC"} and 0 <= result.metrics["ACC"] <= 1
     row = recipes.report(result)
     assert row.startswith("| breastmnist | synthetic | binary-class |") and "0.863" in row
+
+
+def test_targets_cover_every_2d_flag():
+    """Every 2D flag has its published ResNet-18 (28) figures: the benchmark and lab 3's real-data
+    thresholds read them."""
+    from dlmi import FLAGS_2D
+
+    assert set(recipes.TARGETS) == set(FLAGS_2D)
+    assert all(0.5 < t["AUC"] < 1 and 0.5 < t["ACC"] < 1 for t in recipes.TARGETS.values())
