@@ -277,13 +277,13 @@ _ORGANS = np.array([
     [0.35, 0.0, 0.3, 1.0, 0.05, 0.45],     # femur-left (bone)
     [-0.35, 0.0, 0.3, 1.0, 0.05, 0.45],    # femur-right
     [0.05, -0.05, 0.55, 1.1, 0.1, 0.14],   # heart
-    [0.35, 0.05, 0.32, 0.6, 0.15, 0.2],    # kidney-left
-    [-0.35, 0.05, 0.32, 0.6, 0.15, 0.2],   # kidney-right
-    [-0.15, 0.0, 0.62, 1.3, 0.15, 0.1],    # liver
+    [0.35, 0.05, 0.32, 0.6, 0.15, 0.3],    # kidney-left
+    [-0.35, 0.05, 0.32, 0.6, 0.15, 0.3],   # kidney-right
+    [-0.15, 0.0, 0.62, 1.3, 0.15, 0.04],   # liver
     [0.3, 0.0, 0.5, 0.6, 0.1, -0.45],      # lung-left (air)
     [-0.3, 0.0, 0.5, 0.6, 0.1, -0.45],     # lung-right
-    [0.0, 0.1, 0.35, 2.6, 0.2, 0.06],      # pancreas
-    [0.3, -0.1, 0.36, 0.8, 0.15, 0.12],    # spleen
+    [0.0, 0.1, 0.35, 2.6, 0.2, -0.08],     # pancreas
+    [0.3, -0.1, 0.36, 0.8, 0.15, 0.22],    # spleen
 ], dtype=np.float32)
 
 
@@ -297,8 +297,8 @@ def _ct(rng: np.random.Generator, app: np.ndarray, size: int, flag: str) -> np.n
     if flag == "organcmnist":
         table[:, 3] = 1 / table[:, 3]
     cx, cy, r, aspect, irr, amp = _params(rng, table, app[:, 0],
-                                          np.array([0.14, 0.12, 0.08, 0.2, 0.05, 0.08]))
-    img = 0.2 + 0.5 * _crop(rng, "ct", n, size, (36, 70))[..., 0] * rng.uniform(0.7, 1.1, (n, 1, 1))
+                                          np.array([0.08, 0.08, 0.04, 0.15, 0.05, 0.04]))
+    img = 0.25 + 0.4 * _crop(rng, "ct", n, size, (36, 70))[..., 0] * rng.uniform(0.7, 1.1, (n, 1, 1))
     organ = _blob(rng, size, cx, cy, r, np.abs(aspect) + 0.2, np.abs(irr), soft=0.3)
     inner = _crop(rng, "ct", n, size, (20, 40))[..., 0]
     img = img * (1 - 0.5 * organ) + organ * (0.5 * inner + 0.25 + amp[:, None, None])
@@ -378,7 +378,7 @@ def _pathology(rng: np.random.Generator, app: np.ndarray, size: int, flag: str) 
         table = _TISSUE_CLASSES[[3, 6, 2, 7, 8, 0, 5, 4]]
     else:
         table = _TISSUE_CLASSES
-    sd = np.array([0.25, 0.25, 0.12, 0.5, 15, 2])
+    sd = np.array([0.18, 0.18, 0.1, 0.4, 12, 1.5])
     h, e, white, stretch, fov, dots = _params(rng, table, cls, sd)
     tex = _crop(rng, "stain", n, size, fov.clip(20, 200), stretch.clip(1, 4))
     nuclei = _spots(rng, size, dots.round().clip(0, 10).astype(int), 0.08, spread=1.0)
@@ -447,7 +447,7 @@ def _skin(rng: np.random.Generator, app: np.ndarray, size: int, flag: str) -> np
     """Dermoscopy: skin tone with stain texture as pores and hair shadows, and a pigmented
     lesion whose size, border, melanin, blood and colour variegation depend on the class."""
     n = len(app)
-    r, irr, mel, hb, var = _params(rng, _DERMA, app[:, 0], np.array([0.1, 0.1, 0.2, 0.2, 0.15]))
+    r, irr, mel, hb, var = _params(rng, _DERMA, app[:, 0], np.array([0.08, 0.08, 0.15, 0.15, 0.12]))
     tex = _crop(rng, "stain", n, size, (40, 100))
     cx, cy = rng.normal(0, 0.12, (2, n)).astype(np.float32)
     lesion = _blob(rng, size, cx, cy, r.clip(0.1), rng.uniform(0.7, 1.4, n), irr.clip(0), soft=0.35)
