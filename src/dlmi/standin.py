@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 SPLITS = ("train", "val", "test")
-STANDIN_VERSION = 2  # bump whenever the generator changes: cached stand-in files are remade
+STANDIN_VERSION = 3  # bump whenever the generator changes: cached stand-in files are remade
 SMALL_SET = 6_000  # data sets with at most this many images are made at their full real size
 LABEL_NOISE = 0.03  # share of single-label images drawn with another class's appearance
 _CHUNK = 512
