@@ -142,3 +142,9 @@ def test_ch1_filter_and_pet_sentences_hold() -> None:
 def test_ch2_pooling_damps_small_shifts_the_more_the_larger_the_window() -> None:
     g = glued("02-convolution")
     assert g["shift1_none"] > g["shift1_max2"] > g["shift1_max4"] > g["shift1_global"]
+
+
+def test_ch4_strong_noise_hides_the_lesion_and_blur_lowers_its_contrast() -> None:
+    g = glued("04-augmentation")
+    assert g["lesion_cnr_original"] > 1.5 > 1.0 > g["lesion_cnr_noise_strong"]
+    assert 0 < g["lesion_hu_blur"] < g["lesion_hu_original"]
