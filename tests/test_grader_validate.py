@@ -39,11 +39,26 @@ def student_copy(answers: dict[str, str] | None = None, drop: tuple[str, ...] = 
     return released
 
 
+def released_tests() -> dict[str, tuple[float, bool]]:
+    """The lab's test cells as released: grade id → (points, hidden only)."""
+    released = nbformat.read(ROOT / "labs" / LAB / f"{LAB}.ipynb", as_version=4)
+    return {notebook.grade_id(c): (float(notebook.nbgrader_meta(c)["points"]), validate.hidden_only(c))
+            for c in released.cells if notebook.is_test(c)}
+
+
+def failed_line(gid: str) -> str:
+    return f"✘  {gid}  0 / {validate._points(released_tests()[gid][0])}: FAILED"
+
+
 def light_env(tmp: Path) -> dict[str, str]:
     """An environment in which the grader's extras cannot be imported, by any process it starts."""
     site = tmp / "light"
     site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(f"import sys\nfor _m in {GRADER_ONLY!r}:\n    sys.modules[_m] = None\n")
+    (site / "sitecustomize.py").write_text(  # as if not installed: import fails, find_spec finds nothing
+        "from importlib.machinery import PathFinder\n"
+        "_find = PathFinder.find_spec\n"
+        f"PathFinder.find_spec = staticmethod(lambda name, path=None, target=None: None if name.split('.')[0] in "
+        f"{GRADER_ONLY!r} else _find(name, path, target))\n")
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
             "OMP_NUM_THREADS": "1", "DLMI_DEVICE": "cpu"}
 
@@ -80,10 +95,16 @@ def test_the_grader_extras_are_unimportable_in_the_runs(runs: dict[str, subproce
 def test_a_correct_notebook_passes(runs: dict[str, subprocess.CompletedProcess]) -> None:
     run = runs["good"]
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
-    for gid in ("test_conv_output_size", "test_zero_pad", "test_conv2d", "test_max_pool2d", "test_conv_transpose2d"):
-        assert any(line.split()[:2] == ["✔", gid] and line.endswith(": PASSED") for line in run.stdout.splitlines()), gid
-    assert "test_conv2d_hidden  (6 points): hidden tests, checked only by the grader" in run.stdout
-    assert "Visible tests: 5 of 5 passed (6 of 6 points)" in run.stdout
+    tests = released_tests()
+    visible = {gid: points for gid, (points, hidden) in tests.items() if not hidden}
+    assert "test_conv2d" in visible and len(visible) < len(tests)
+    for gid, points in visible.items():
+        assert f"✔  {gid}  {points:g} / {validate._points(points)}: PASSED" in run.stdout, gid
+    for gid, (points, hidden) in tests.items():
+        if hidden:
+            assert f"·  {gid}  ({validate._points(points)}): hidden tests, checked only by the grader" in run.stdout
+    most = sum(visible.values())
+    assert f"Visible tests: {len(visible)} of {len(visible)} passed ({most:g} of {most:g} points)" in run.stdout
     assert "OK: every visible test passes." in run.stdout
     assert "changed or deleted" not in run.stdout
 
@@ -92,7 +113,7 @@ def test_a_deleted_test_cell_is_restored_named_and_fails(runs: dict[str, subproc
     run = runs["bad"]
     assert run.returncode == 1, run.stdout + run.stderr[-3000:]
     assert "test cell 'test_conv_output_size' was deleted" in run.stdout
-    assert "✘  test_conv_output_size  0 / 1 point: FAILED" in run.stdout
+    assert failed_line("test_conv_output_size") in run.stdout
     assert "a 3×3 filter on a 7×7 image with stride 1 gives 5×5" in run.stdout  # the restored test's own message
     assert "NOT OK" in run.stdout and "OK: every visible test passes." not in run.stdout
 
@@ -100,13 +121,13 @@ def test_a_deleted_test_cell_is_restored_named_and_fails(runs: dict[str, subproc
 def test_an_edited_test_cell_is_named_and_the_labs_test_runs(runs: dict[str, subprocess.CompletedProcess]) -> None:
     run = runs["bad"]
     assert "test cell 'test_zero_pad' was changed" in run.stdout
-    assert "✘  test_zero_pad  0 / 1 point: FAILED" in run.stdout        # `assert True` did not run
+    assert failed_line("test_zero_pad") in run.stdout        # `assert True` did not run
     assert "padding 1 adds a row/column on every side" in run.stdout
 
 
 def test_messages_are_printed_in_full(runs: dict[str, subprocess.CompletedProcess]) -> None:
     run = runs["bad"]
-    assert "✘  test_conv2d  0 / 2 points: FAILED" in run.stdout
+    assert failed_line("test_conv2d") in run.stdout
     assert f"ValueError: {LONG}" in run.stdout, "the student's whole error message, not cut"
     assert "\x1b[" not in run.stdout, "no terminal colour codes"
 
