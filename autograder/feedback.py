@@ -44,10 +44,13 @@ class HideHiddenTests(NbGraderPreprocessor):
 
 def title(gid: str, *, hidden: bool, manual: bool) -> str:
     """A readable name for a graded cell, from its grade id: ``test_conv2d_hidden`` → ``conv2d: hidden
-    tests``, ``written_parameters`` → ``written answer: parameters``."""
+    tests``, ``test_conv2d_hidden_stride`` → ``conv2d: hidden tests (stride)``, ``written_parameters``
+    → ``written answer: parameters``."""
     if manual:
         return "written answer: " + gid.removeprefix("written_").replace("_", " ")
-    return re.sub(r"^test_|_hidden$", "", gid) + (": hidden tests" if hidden else ": visible tests")
+    name, _, case = gid.removeprefix("test_").partition("_hidden")
+    case = case.strip("_").replace("_", " ")
+    return f"{name}: {'hidden' if hidden else 'visible'} tests" + (f" ({case})" if case else "")
 
 
 class Summary(NbGraderPreprocessor):

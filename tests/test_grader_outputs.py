@@ -208,6 +208,7 @@ def test_the_feedback_summary_names_each_test_and_a_written_answer_is_pending(gr
             name = feedback.title(gid, hidden=notebook.has_hidden(cell), manual=False)
             assert f">{name}</a>\n<code>{gid}</code>: {points:g} / {points:g}</li>" in summary, gid
     assert ">conv2d: hidden tests</a>" in summary and ">conv2d: visible tests</a>" in summary
+    assert feedback.title("test_conv2d_hidden_stride", hidden=True, manual=False) == "conv2d: hidden tests (stride)"
     assert "Test cell" not in summary
     assert "<code>written_parameters</code>: <em class=\"dlmi-pending\">pending — not graded yet</em> (3 points)" \
         in summary
