@@ -5,8 +5,8 @@
 * environment.yml (conda/Binder) lists the same pins;
 * the base requirements are lower bounds only (an exact pin or a cap on torch would replace the
   torch a student already has, e.g. Colab's);
-* every package the student-facing code imports (``src/dlmi``, the chapters' code cells, the
-  labs) is a base requirement, everything the grader imports is a base or ``[grader]`` one, and
+* every package the student-facing code imports (``src/dlmi``, the labs) is a base requirement,
+  the chapters' code cells import only those and what their Colab notebook installs first, everything the grader imports is a base or ``[grader]`` one, and
   the tests import nothing undeclared.
 
 Each check is a function returning its problems, run on the real files (expecting none) and on a
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import importlib.util
 import json
 import re
 import sys
@@ -144,8 +145,15 @@ def import_problems(modules: dict[str, set[str]], allowed: set[str], what: str) 
 
 
 def student_files() -> list[Path]:
-    return (sorted((ROOT / "src" / "dlmi").rglob("*.py")) + sorted((ROOT / "book").glob("*.md"))
-            + sorted((ROOT / "solutions").glob("*/*.ipynb")))
+    return sorted((ROOT / "src" / "dlmi").rglob("*.py")) + sorted((ROOT / "solutions").glob("*/*.ipynb"))
+
+
+def chapter_only() -> dict[str, str]:
+    """Modules the Colab notebooks' first cell installs besides dlmi (book/_ext/notebooks.py)."""
+    spec = importlib.util.spec_from_file_location("notebooks", ROOT / "book" / "_ext" / "notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.CHAPTER_ONLY
 
 
 def names(reqs: list[Requirement]) -> set[str]:
@@ -181,6 +189,12 @@ def test_all_extra_names_every_extra():
 def test_student_code_imports_only_base_requirements():
     base = names(requirement_groups(project())["base"])
     assert import_problems(imported_modules(student_files()), base, "the base requirements") == []
+
+
+def test_chapters_import_only_base_requirements_or_what_their_notebook_installs():
+    allowed = names(requirement_groups(project())["base"]) | {canonicalize_name(p) for p in chapter_only().values()}
+    modules = imported_modules(sorted((ROOT / "book").glob("*.md")))
+    assert import_problems(modules, allowed, "the base requirements or the notebook's first cell") == []
 
 
 def test_grader_imports_only_base_and_grader_requirements():

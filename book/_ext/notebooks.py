@@ -8,6 +8,7 @@ The repository URL comes from ``DLMI_REPOSITORY_URL`` or ``book/_config.yml``.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -19,17 +20,22 @@ ROOT = Path(__file__).resolve().parents[2]
 BOOK = ROOT / "book"
 OUT = ROOT / "notebooks"
 
-SETUP = '''# Colab or a fresh Python: install the course library `dlmi` if it is missing. Without extras
-# it keeps the torch and torchvision already installed (Colab's): they are named at their versions.
+SETUP = '''# Colab or a fresh Python: install the course library `dlmi` (and what else this chapter
+# imports) if missing. Without extras it keeps the torch and torchvision already installed
+# (Colab's): they are named at their versions.
 import importlib.util
 import subprocess
 import sys
 from importlib.metadata import version
 
-if importlib.util.find_spec("dlmi") is None:
+missing = [pip for module, pip in {needs} if importlib.util.find_spec(module) is None]
+if missing:
     keep = [f"{{name}}=={{version(name)}}" for name in ("torch", "torchvision")
             if importlib.util.find_spec(name) is not None]
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "git+{repo}", *keep])'''
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", *missing, *keep])'''
+# Imported by chapters but needed by no lab, so not a requirement of dlmi: myst_nb's ``glue``
+# pastes computed values into the book's text.
+CHAPTER_ONLY = {"myst_nb": "myst-nb"}
 
 
 def repository_url() -> str:
@@ -50,7 +56,9 @@ def notebook(name: str, repo: str, text: str | None = None) -> str:
     if text is None:
         text = (BOOK / f"{name}.md").read_text()
     nb = jupytext.reads(text, fmt="md:myst")
-    nb.cells.insert(0, nbformat.v4.new_code_cell(SETUP.format(repo=repo)))
+    needs = [("dlmi", f"git+{repo}")] + [(module, pip) for module, pip in CHAPTER_ONLY.items()
+                                          if re.search(rf"^\s*(from|import) {module}\b", text, re.M)]
+    nb.cells.insert(0, nbformat.v4.new_code_cell(SETUP.format(needs=tuple(needs))))
     for i, cell in enumerate(nb.cells):
         cell.id = f"cell-{i}"
         cell.metadata.pop("vscode", None)
