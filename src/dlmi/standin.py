@@ -6,7 +6,8 @@ and (3) a look built from real images that ship inside pip packages: stained tis
 (scikit-image's immunohistochemistry slide, re-stained as H&E) for pathology, blood cells,
 kidney cells and skin; a fundus photograph (scikit-image's ``retina``) for RetinaMNIST; CT and
 MR slices (pydicom's test files) for organs and chest X-rays; cardiac ultrasound frames
-(pydicom) for breast ultrasound and OCT speckle. Every image is a random crop, rotation and
+(pydicom) for breast ultrasound and OCT speckle. Images above 64 px are drawn at 64 px and
+upsampled. Every image is a random crop, rotation and
 intensity of those sources.
 
 On that background each class draws a caricature of its finding (a lesion, an organ, a cell,
@@ -24,10 +25,11 @@ from typing import Callable
 import numpy as np
 
 SPLITS = ("train", "val", "test")
-STANDIN_VERSION = 3  # bump whenever the generator changes: cached stand-in files are remade
+STANDIN_VERSION = 4  # bump whenever the generator changes: cached stand-in files are remade
 SMALL_SET = 6_000  # data sets with at most this many images are made at their full real size
 LABEL_NOISE = 0.03  # share of single-label images drawn with another class's appearance
 _CHUNK = 512
+RENDER_MAX = 64  # larger images are drawn at 64 px and upsampled (then noise at full size)
 
 # Class priors per split: ``{flag: (source, {split(s): weights})}``; weights are normalised.
 # Where a paper gives counts, they are the counts; "approx." marks rounded figures of our own.
@@ -177,11 +179,16 @@ def _blob(rng: np.random.Generator, size: int, cx, cy, r, aspect=1.0, irregular=
     th = _col(rng.uniform(-0.4, 0.4, n), n)
     u = ((x - cx) * np.cos(th) + (y - cy) * np.sin(th)) / np.sqrt(aspect)
     v = (-(x - cx) * np.sin(th) + (y - cy) * np.cos(th)) * np.sqrt(aspect)
-    rho, phi = np.sqrt(u**2 + v**2), np.arctan2(v, u)
+    rho = np.sqrt(u**2 + v**2)
+    wobble = rng.normal(0, 1, (4, n, 1, 1)) / np.arange(2, 6).reshape(4, 1, 1, 1)
+    coef = (irregular * wobble * np.exp(3j * rng.normal(0, 1, (4, n, 1, 1)))).astype(np.complex64)
     edge = np.ones_like(rho)
-    for k in range(2, 6):
-        amp, phase = rng.normal(0, 1 / k, (2, n, 1, 1)).astype(np.float32)
-        edge = edge + irregular * amp * np.cos(k * phi + 3 * phase)
+    if np.any(irregular):  # sum of harmonics 2-5: Re(c_k e^{ik phi}), e^{i phi} = (u + iv) / rho
+        turn = (u + 1j * v) / (rho + 1e-6)
+        power = turn * turn
+        for c in coef:
+            edge += (c * power).real
+            power *= turn
     r = np.maximum(r, 0.02)
     return 0.5 + 0.5 * np.tanh((r * edge.clip(0.3) - rho) / (soft * r + 1.5 / size))
 
@@ -230,7 +237,7 @@ def _xray(rng: np.random.Generator, app: np.ndarray, size: int, flag: str) -> np
     heart = _blob(rng, size, x0 + 0.12, 0.35, 0.3 * s * rng.uniform(0.9, 1.1, n), 1.3, 0.05)
     ribs = 0.5 + 0.5 * np.sin(_col(rng.uniform(11, 15, n), n) * y + _col(rng.uniform(0, 6, n), n))
     img = 0.72 - 0.1 * np.abs(x) ** 3 - 0.42 * lungs * (1 - 0.15 * ribs) + 0.3 * heart * lungs
-    img *= 0.8 + 0.4 * _crop(rng, "ct", n, size, (40, 90))[..., 0]
+    img *= 0.8 + 0.4 * _crop(rng, "mr", n, size, (25, 44))[..., 0]
     if flag == "pneumoniamnist":
         side = np.where(rng.random(n) < 0.5, -0.42, 0.42) * s
         amp, radius = _params(rng, np.array([[0.0, 0.3], [0.3, 0.35]]), app[:, 0], np.array([0.1, 0.08]))
@@ -504,6 +511,15 @@ def _appearance(rng: np.random.Generator, labels: np.ndarray, n_classes: int, or
     return app
 
 
+def _upsample(img: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of (n, h, w, c) float images to (n, size, size, c)."""
+    import torch
+    from torch.nn.functional import interpolate
+
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(0, 3, 1, 2)
+    return interpolate(x, size=(size, size), mode="bilinear", align_corners=False).permute(0, 2, 3, 1).numpy()
+
+
 def make_standin(info: dict, size: int, fraction: float, seed: int) -> dict[str, np.ndarray]:
     """Arrays for a stand-in npz: ``{split}_images`` / ``{split}_labels`` like the real file.
     ``info`` is ``medmnist.INFO[flag]``; the output depends only on (flag, size, fraction, seed)."""
@@ -519,8 +535,10 @@ def make_standin(info: dict, size: int, fraction: float, seed: int) -> dict[str,
         app = _appearance(rng, labels, n_classes, ordinal)
         chunks = []
         for a in range(0, n, _CHUNK):
-            img = _LOOKS[flag](rng, app[a:a + _CHUNK], size, flag)
-            img = img + rng.normal(0, 0.025, img.shape).astype(np.float32)
+            img = _LOOKS[flag](rng, app[a:a + _CHUNK], min(size, RENDER_MAX), flag)
+            if size > RENDER_MAX:
+                img = _upsample(img, size)
+            img += 0.025 * rng.standard_normal(img.shape, dtype=np.float32)
             if img.shape[-1] != channels:
                 img = np.repeat(img.mean(-1, keepdims=True), channels, -1)
             chunks.append((img.clip(0, 1) * 255).round().astype(np.uint8))
