@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAB = "lab02-convolution"
 SOURCE = ROOT / "solutions" / LAB / f"{LAB}.ipynb"
 FULL = 20.0  # autograded points of lab02
+CONV2D_TESTS = ("test_conv2d", "test_conv2d_options", "test_conv2d_hidden", "test_conv2d_hidden_stride",
+                "test_conv2d_hidden_padding", "test_conv2d_hidden_dilation", "test_conv2d_hidden_dtype")  # 8 points
 
 pytestmark = pytest.mark.slow
 
@@ -169,7 +171,7 @@ print("ESCAPES:", found, "uid", os.getuid())
     _answer(nb, "conv2d", "def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):\n"
                           "    return F.conv2d(x, weight, bias, stride, padding, dilation)")
     # banned for the whole run (lab metadata): the visible test fails too, with the ban's message
-    put("uses_torch_conv", nb, score=FULL - 8, failed={"test_conv2d", "test_conv2d_hidden"}, message_has="from scratch")
+    put("uses_torch_conv", nb, score=FULL - 8, failed=set(CONV2D_TESTS), message_has="from scratch")
 
     blank = ROOT / "labs" / LAB / f"{LAB}.ipynb"
     nb = nbformat.read(blank, as_version=4)  # only part 1 answered

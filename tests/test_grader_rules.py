@@ -445,7 +445,10 @@ def build_lab2(folder: Path) -> dict[str, dict]:
             _insert_after(nb, "setup", after)
         put(name, nb, **expect)
 
-    conv = ("test_conv2d", "test_conv2d_hidden")
+    conv = ("test_conv2d", "test_conv2d_options", "test_conv2d_hidden", "test_conv2d_hidden_stride",
+            "test_conv2d_hidden_padding", "test_conv2d_hidden_dilation", "test_conv2d_hidden_dtype")  # 2 + 6 points
+    pool = {"test_max_pool2d", "test_max_pool2d_hidden", "test_max_pool2d_hidden_padding"}  # 1 + 3 points
+    transpose = {"test_conv_transpose2d", "test_conv_transpose2d_hidden", "test_conv_transpose2d_hidden_padding"}  # 3
     # ---- 1. bans: every alias of a banned operator fails the affected tests, with the ban's message
     variant("ban_alias_bound_before", after="_conv = F.conv2d", answer=("conv2d", """
         def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
@@ -466,14 +469,14 @@ def build_lab2(folder: Path) -> dict[str, dict]:
     variant("ban_module_class", answer=("max_pool2d", """
         def max_pool2d(x, kernel_size, stride=None, padding=0):
             return torch.nn.MaxPool2d(kernel_size, stride, padding)(x)"""),
-            score=FULL2 - 4, failed={"test_max_pool2d", "test_max_pool2d_hidden"}, message_has="written from scratch")
+            score=FULL2 - 4, failed=pool, message_has="written from scratch")
     variant("ban_scipy", answer=("conv2d", """
         def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
             from scipy.signal import correlate
             raise AssertionError("unreachable")"""), score=FULL2 - 8, failed=set(conv),
             message_has="written from scratch")
-    # ---- 1b. lifting a ban from inside: review, the score kept for the instructor (the hidden test's own
-    #      scoped ban of F.conv2d still traps it: 6 points less)
+    # ---- 1b. lifting a ban from inside: review, the score kept for the instructor (the hidden tests' own
+    #      scoped bans of F.conv2d still trap it: the 6 hidden points less)
     lift = """
         def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1):
             return F.conv2d(x, weight, bias, stride, padding, dilation)"""
@@ -489,7 +492,7 @@ def build_lab2(folder: Path) -> dict[str, dict]:
             raise ValueError(f"LEAK {list(x.shape)} {weight.flatten()[:3].tolist()} {stride} {padding}")"""),
             score=FULL2 - 8, failed=set(conv), hidden_no="LEAK")
     variant("echo_exception_type", answer=("max_pool2d", WRONG_TYPE_POOL), score=FULL2 - 4,
-            failed={"test_max_pool2d", "test_max_pool2d_hidden"}, hidden_no="LEAK")
+            failed=pool, hidden_no="LEAK")
     variant("echo_attribute", answer=("conv_transpose2d", """
         class _Sly:
             def __init__(self, x):
@@ -499,7 +502,7 @@ def build_lab2(folder: Path) -> dict[str, dict]:
                 raise KeyError(f"LEAK {tuple(self.x.shape)} {self.x.flatten()[:4].tolist()}")
 
         def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
-            return _Sly(x)"""), score=FULL2 - 3, failed={"test_conv_transpose2d", "test_conv_transpose2d_hidden"},
+            return _Sly(x)"""), score=FULL2 - 3, failed=transpose,
             hidden_no="LEAK")
     variant("echo_print", answer=("zero_pad", """
         def zero_pad(x, padding):
@@ -512,11 +515,11 @@ def build_lab2(folder: Path) -> dict[str, dict]:
     # ---- 6. bridge answers: huge ones refused quickly, all of them counted
     variant("huge_list", answer=("conv_transpose2d", """
         def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
-            return [0] * 20_000_000"""), score=FULL2 - 3, failed={"test_conv_transpose2d", "test_conv_transpose2d_hidden"})
+            return [0] * 20_000_000"""), score=FULL2 - 3, failed=transpose)
     variant("huge_tensor", answer=("conv_transpose2d", """
         def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
             return torch.zeros(100_000_000)"""), score=FULL2 - 3,
-            failed={"test_conv_transpose2d", "test_conv_transpose2d_hidden"}, message_has="too large")
+            failed=transpose, message_has="too large")
     nb = copy.deepcopy(src)  # four functions answer 60 MB each: 8 calls in the tests pass the 256 MB
     for gid in ("conv_output_size", "zero_pad", "max_pool2d", "conv_transpose2d"):
         _answer(nb, gid, f"def {gid}(*args, **kwargs):\n    return 'x' * 60_000_000")
