@@ -23,9 +23,10 @@ from functools import lru_cache
 from typing import Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 SPLITS = ("train", "val", "test")
-STANDIN_VERSION = 4  # bump whenever the generator changes: cached stand-in files are remade
+STANDIN_VERSION = 5  # bump whenever the generator changes: cached stand-in files are remade
 SMALL_SET = 6_000  # data sets with at most this many images are made at their full real size
 LABEL_NOISE = 0.03  # share of single-label images drawn with another class's appearance
 _CHUNK = 512
@@ -79,7 +80,7 @@ PRIORS: dict[str, tuple[str, dict[str, tuple[float, ...]]]] = {
 
 def priors(flag: str, split: str) -> np.ndarray:
     """Class priors of ``flag``'s ``split`` (positive rates per label for ChestMNIST)."""
-    source, table = PRIORS[flag]
+    _, table = PRIORS[flag]
     weights = np.array(next(w for k, w in table.items() if split in k.split()), dtype=np.float64)
     if flag == "chestmnist":
         return weights / 112_120
@@ -99,6 +100,7 @@ def split_sizes(info: dict, fraction: float, size: int) -> dict[str, int]:
 
 # ---------------------------------------------------------------- source textures (cached)
 def _norm(a: np.ndarray, lo: float = 1, hi: float = 99) -> np.ndarray:
+    """``a`` scaled so its ``lo``-th and ``hi``-th percentiles become 0 and 1, clipped."""
     p, q = np.percentile(a, [lo, hi])
     return ((a - p) / (q - p + 1e-6)).clip(0, 1).astype(np.float32)
 
@@ -160,17 +162,19 @@ def _crop(rng: np.random.Generator, name: str, n: int, size: int,
 
 # ---------------------------------------------------------------- shapes
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres' x and y in [-1, 1], each (1, size, size)."""
     g = np.linspace(-1, 1, size, dtype=np.float32)
     y, x = np.meshgrid(g, g, indexing="ij")
     return x[None], y[None]
 
 
-def _col(a: np.ndarray | float, n: int) -> np.ndarray:
+def _col(a: ArrayLike, n: int) -> np.ndarray:
+    """``a`` (scalar or per image) as float32 (n, 1, 1), to broadcast over images."""
     return np.broadcast_to(np.asarray(a, np.float32), (n,)).reshape(n, 1, 1)
 
 
-def _blob(rng: np.random.Generator, size: int, cx, cy, r, aspect=1.0, irregular=0.0,
-          soft: float = 0.25) -> np.ndarray:
+def _blob(rng: np.random.Generator, size: int, cx: ArrayLike, cy: ArrayLike, r: ArrayLike,
+          aspect: ArrayLike = 1.0, irregular: ArrayLike = 0.0, soft: float = 0.25) -> np.ndarray:
     """Soft masks (n, size, size) in [0, 1] of ellipses (``aspect`` = width / height) at a random
     angle whose outline wobbles by ``irregular`` (harmonics 2-5 of random phase)."""
     n = len(np.atleast_1d(r))
@@ -305,10 +309,10 @@ def _ct(rng: np.random.Generator, app: np.ndarray, size: int, flag: str) -> np.n
         table[:, 3] = 1 / table[:, 3]
     cx, cy, r, aspect, irr, amp = _params(rng, table, app[:, 0],
                                           np.array([0.08, 0.08, 0.04, 0.15, 0.05, 0.04]))
-    img = 0.25 + 0.4 * _crop(rng, "ct", n, size, (36, 70))[..., 0] * rng.uniform(0.7, 1.1, (n, 1, 1))
+    img = 0.3 + 0.25 * _crop(rng, "ct", n, size, (36, 70))[..., 0] * rng.uniform(0.7, 1.1, (n, 1, 1))
     organ = _blob(rng, size, cx, cy, r, np.abs(aspect) + 0.2, np.abs(irr), soft=0.3)
     inner = _crop(rng, "ct", n, size, (20, 40))[..., 0]
-    img = img * (1 - 0.5 * organ) + organ * (0.5 * inner + 0.25 + amp[:, None, None])
+    img = img * (1 - 0.6 * organ) + organ * (0.3 * inner + 0.3 + amp[:, None, None])
     return img[..., None]
 
 
