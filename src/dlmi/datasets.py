@@ -301,7 +301,8 @@ def resolve_mode(flag: str, size: int = 28, root: str | os.PathLike | None = Non
                  mode: Mode | None = None, *,
                  allow_nonstandard: bool = False) -> Literal["real", "synthetic"]:
     """``"real"`` or ``"synthetic"``: which data :func:`load_medmnist` would use."""
-    return resolve(flag, size, root, mode, allow_nonstandard=allow_nonstandard)[0]  # type: ignore[return-value]
+    used = resolve(flag, size, root, mode, allow_nonstandard=allow_nonstandard)[0]
+    return used  # type: ignore[return-value]
 
 
 def to_tensor() -> v2.Compose:
