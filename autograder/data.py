@@ -19,12 +19,15 @@ import os
 import secrets
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .scratch import base as scratch_base
+
+if TYPE_CHECKING:
+    from dlmi.datasets import Mode
 
 SEED_ENV = "DLMI_HELDOUT_SEED"
 SEED_FD_ENV = "_DLMI_HELDOUT_SEED_FD"  # set by reexec_without_seed: a pipe that holds the seed
@@ -114,7 +117,7 @@ def kernel_copy(source: Path, target: Path, splits: list[str]) -> Path:
                   if key.split("_")[0] in ("train", "val", "test") and key.split("_")[0] not in splits else npz[key]
                   for key in npz.files}  # other keys (the stand-in's standin_version) are kept
     tmp = target.with_name(target.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **arrays as allow_pickle
     os.replace(tmp, target)
     stamp.write_text(origin)
     return target
@@ -149,20 +152,12 @@ def prepare_data(settings: dict[str, Any], root: Path | None = None) -> tuple[di
     return {"DLMI_DATA": mode, "DLMI_DATA_DIR": str(view)}, [str(view)]
 
 
-def _tensors(images: Any, labels: Any, task: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """MedMNIST arrays (uint8, channels-last) → ``(x, y)`` as :func:`dlmi.load_medmnist_tensors` gives."""
-    x = torch.from_numpy(images).float().div_(255)
-    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-    labels = torch.from_numpy(labels)
-    y = labels.float() if task.startswith("multi-label") else labels.view(-1).long()
-    return x.contiguous(), y
-
-
 @functools.lru_cache(maxsize=4)
 def heldout(flag: str, size: int = 28, mode: str = "synthetic", n: int = 1000, *,
             seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """At most ``n`` held-out images and labels (a fixed subset, the same on every run of a course)."""
     import dlmi
+    from dlmi.datasets import arrays_to_tensors
     from dlmi.standin import make_standin
     from medmnist.info import INFO
 
@@ -171,13 +166,13 @@ def heldout(flag: str, size: int = 28, mode: str = "synthetic", n: int = 1000, *
     else:
         seed = heldout_seed() if seed is None else seed
         arrays = make_standin(INFO[flag], size, 1e-9, seed)  # the smallest stand-in: 800 per split
-        x, y = _tensors(arrays["test_images"], arrays["test_labels"], INFO[flag]["task"])
+        x, y = arrays_to_tensors(arrays["test_images"], arrays["test_labels"], INFO[flag]["task"])
     keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:n].sort().values
     return x[keep], y[keep]
 
 
 @functools.lru_cache(maxsize=4)
-def split(flag: str, name: str, size: int = 28, mode: str = "synthetic",
+def split(flag: str, name: str, size: int = 28, mode: Mode = "synthetic",
           n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` samples of the split ``name`` the notebook itself loads."""
     import dlmi

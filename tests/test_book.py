@@ -138,7 +138,7 @@ def test_every_book_explorer_settles(monkeypatch):
     import torch
 
     import dlmi.widgets
-    from dlmi import augment, detection, registration, segmentation
+    from dlmi import augment, denoising, detection, segmentation
 
     calls = []
     monkeypatch.setattr(dlmi.widgets, "settle", lambda seconds=0.3: calls.append(seconds))
@@ -152,10 +152,10 @@ def test_every_book_explorer_settles(monkeypatch):
         "ct": lambda: dlmi.widgets.ct_explorer(image),
         "mri": lambda: dlmi.widgets.mri_explorer(image),
         "conv": lambda: dlmi.widgets.conv_explorer(image),
-        "augment": lambda: augment.explorer({"noise": torch.rand(3, 16, 16)}),
+        "augment": lambda: augment.augment_explorer({"noise": torch.rand(3, 16, 16)}),
         "threshold": lambda: segmentation.threshold_explorer(x, x[:, 0], x[:, 0] > 0.5),
         "detection": lambda: detection.detection_explorer([cells[0][0]], raw, [target]),
-        "denoise": lambda: registration.denoise_explorer(registration.DnCNN(1, 4, 3), x[:1]),
+        "denoise": lambda: denoising.denoise_explorer(denoising.DnCNN(1, 4, 3), x[:1]),
     }
     for name, build in builders.items():
         before = len(calls)

@@ -196,7 +196,7 @@ def test_bad_arguments_name_the_valid_choices(kwargs, match, data_dir, offline):
 
 def test_tensors_layout_multilabel_and_device(data_dir, offline):
     x, y = dlmi.load_medmnist_tensors("chestmnist", "val", mode="synthetic", device="cpu")
-    assert x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
     assert y.dtype == torch.float32 and y.shape == (len(x), 14)
 
 
@@ -347,3 +347,18 @@ def test_no_sentence_claims_how_the_book_was_built():
     assert not claim.search("(as when this book is built offline)")
     for page in sorted(BOOK.glob("*.md")):
         assert not claim.search(page.read_text()), page.name
+
+
+def test_register_flag_is_idempotent_and_leaves_real_flags_alone():
+    real = dict(INFO["breastmnist"])
+    sizes = {"train": 10, "val": 4, "test": 6}
+    name = datasets.register_flag("breastmnist", "nonstandard", sizes, "a subset")
+    entry = INFO[name]
+    assert datasets.register_flag("breastmnist", "nonstandard", sizes, "a subset") == name
+    assert INFO[name] is entry  # the same entry: nothing replaced
+    assert INFO[name]["n_samples"] == sizes and INFO[name]["url"] is None
+    assert getattr(medmnist, INFO[name]["python_class"]).flag == name
+    assert INFO["breastmnist"] == real
+    other = {"train": 12, "val": 4, "test": 6}
+    datasets.register_flag("breastmnist", "nonstandard", other, "a subset")
+    assert INFO[name]["n_samples"] == other

@@ -38,3 +38,15 @@ def test_seed_everything_repeats_random_draws():
     gen = dlmi.seed_everything(7)
     assert torch.equal(a, torch.rand(3))
     assert torch.equal(torch.rand(2, generator=gen), torch.rand(2, generator=torch.Generator().manual_seed(7)))
+
+
+def test_socket_timeout_is_restored_even_after_an_error():
+    import socket
+
+    from dlmi.runtime import socket_timeout
+
+    before = socket.getdefaulttimeout()
+    with pytest.raises(KeyError), socket_timeout(3.5):
+        assert socket.getdefaulttimeout() == 3.5
+        raise KeyError("boom")
+    assert socket.getdefaulttimeout() == before

@@ -3,11 +3,12 @@ import pytest
 import torch
 
 from dlmi import transfer
+from dlmi.models import SmallCNN, count_params
 from dlmi.train import fit
 
 
 def test_embed_and_head_of_small_cnn():
-    m = transfer.SmallCNN(3, 5, width=8)
+    m = SmallCNN(3, 5, width=8)
     assert transfer.embed(m.features, torch.rand(2, 3, 28, 28)).shape == (2, 32)
     assert transfer.head_name(m) == "classifier.2"
     with pytest.raises(ValueError):
@@ -16,7 +17,7 @@ def test_embed_and_head_of_small_cnn():
 
 def test_freeze_stops_updates():
     torch.manual_seed(0)
-    m = transfer.SmallCNN(1, 2, width=4)
+    m = SmallCNN(1, 2, width=4)
     transfer.freeze(m.features)
     before = {k: v.clone() for k, v in m.features.state_dict().items()
               if "running" not in k and "num_batches" not in k}
@@ -28,15 +29,15 @@ def test_freeze_stops_updates():
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     assert not torch.equal(head_before, m.classifier[-1].weight)
     head = m.classifier[-1]
-    assert transfer.count_params(m, trainable_only=True) == head.weight.numel() + head.bias.numel()
+    assert count_params(m, trainable_only=True) == head.weight.numel() + head.bias.numel()
 
 
 def test_checkpoint_roundtrip_and_partial_load(tmp_path):
-    src = transfer.SmallCNN(1, 11, width=8)
+    src = SmallCNN(1, 11, width=8)
     path = transfer.save_checkpoint(src, tmp_path / "src.pt", source="organamnist", epochs=1)
     state, meta = transfer.load_checkpoint(path)
     assert meta == {"source": "organamnist", "epochs": 1}
-    dst = transfer.SmallCNN(1, 2, width=8)
+    dst = SmallCNN(1, 2, width=8)
     report = transfer.load_partial(dst, state)
     assert set(report.skipped) == {"classifier.2.weight", "classifier.2.bias"}
     assert set(report.missing) == {"classifier.2.weight", "classifier.2.bias"}
@@ -45,23 +46,23 @@ def test_checkpoint_roundtrip_and_partial_load(tmp_path):
 
 
 def test_param_groups_have_their_learning_rates():
-    m = transfer.SmallCNN(1, 2, width=4)
+    m = SmallCNN(1, 2, width=4)
     opt = torch.optim.Adam(transfer.param_groups(m, 1e-4, 1e-2))
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs == {"features": 1e-4, "head": 1e-2}
     n = sum(p.numel() for g in opt.param_groups for p in g["params"])
-    assert n == transfer.count_params(m)
+    assert n == count_params(m)
 
 
 def test_reset_head():
-    m = transfer.reset_head(transfer.SmallCNN(1, 9, width=4), 3)
+    m = transfer.reset_head(SmallCNN(1, 9, width=4), 3)
     assert m(torch.rand(1, 1, 28, 28)).shape == (1, 3)
 
 
 def test_transfer_trial_strategies_run():
     torch.manual_seed(0)
     x, y = torch.rand(40, 1, 28, 28), torch.randint(0, 2, (40,))
-    pre = transfer.SmallCNN(1, 4, width=4).state_dict()
+    pre = SmallCNN(1, 4, width=4).state_dict()
     for s in transfer.STRATEGIES:
         acc = transfer.transfer_trial(s, pre, (x, y), (x, y), num_classes=2, in_channels=1, steps=3,
                                       width=4, device=torch.device("cpu"))

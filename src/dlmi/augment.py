@@ -9,7 +9,7 @@ augmented copy of the training set every epoch.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -19,6 +19,11 @@ from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 
 from .train import History, accuracy, fit, predict
+
+if TYPE_CHECKING:
+    import ipywidgets
+
+    from .widgets import StaticExplorer
 
 Policy = Literal["none", "geometric", "intensity", "geometric+intensity"]
 POLICIES: tuple[Policy, ...] = ("none", "geometric", "intensity", "geometric+intensity")
@@ -216,7 +221,7 @@ def subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0,
     per = [torch.nonzero(y == c).view(-1) for c in classes]
     per = [p[torch.randperm(len(p), generator=gen)] for p in per]
     quota = [n // len(classes) + (i < n % len(classes)) for i in range(len(classes))]
-    idx = torch.cat([p[:q] for p, q in zip(per, quota)])
+    idx = torch.cat([p[:q] for p, q in zip(per, quota, strict=False)])
     idx = idx[torch.randperm(len(idx), generator=gen)]
     return x[idx], y[idx]
 
@@ -230,7 +235,7 @@ def show_grid(images: Sequence[torch.Tensor], titles: Sequence[str], ncols: int 
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, img, title in zip(axes.flat, images, titles):
+    for ax, img, title in zip(axes.flat, images, titles, strict=False):
         a = img.as_subclass(torch.Tensor).detach().cpu().float()
         a = a.permute(1, 2, 0) if a.ndim == 3 and a.shape[0] == 3 else a.squeeze(0) if a.ndim == 3 else a
         ax.imshow(a.clamp(0, 1).numpy(), cmap=cmap, vmin=0, vmax=1)
@@ -263,7 +268,7 @@ EXPLORER_AUGMENTATIONS = ("rotation", "crop + resize", "colour jitter", "Gaussia
                           "Gaussian blur", "cutout", "elastic")
 
 
-def explorer(images: Mapping[str, torch.Tensor]):
+def augment_explorer(images: Mapping[str, torch.Tensor]) -> ipywidgets.interactive | StaticExplorer:
     """An ipywidgets explorer: pick an image, an augmentation and its strength, see four draws.
 
     ``images`` maps names to float (C, H, W) tensors in [0, 1]. Returns ``ipywidgets.interactive``.
@@ -271,7 +276,7 @@ def explorer(images: Mapping[str, torch.Tensor]):
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
-    from .widgets import explorer as settled_explorer
+    from .widgets import explorer
 
     def show(image: str, augmentation: str, strength: float = 0.5, seed: int = 0) -> None:
         x = tv_tensors.Image(images[image])
@@ -281,7 +286,7 @@ def explorer(images: Mapping[str, torch.Tensor]):
                   ncols=5, size=2.2)
         plt.show()
 
-    return settled_explorer(
+    return explorer(
         show, image=widgets.Dropdown(options=list(images)),
         augmentation=widgets.Dropdown(options=list(EXPLORER_AUGMENTATIONS)),
         strength=widgets.FloatSlider(value=0.5, min=0.0, max=1.0, step=0.05),

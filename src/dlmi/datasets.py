@@ -23,7 +23,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal, cast
+from collections.abc import Callable
 
 import medmnist
 import numpy as np
@@ -191,18 +192,37 @@ def _file_split_sizes(path: Path) -> dict[str, int] | None:
         return None
 
 
+def register_flag(flag: str, kind: Literal["synthetic", "nonstandard"], sizes: dict[str, int],
+                  description: str) -> str:
+    """Register ``<flag>_<kind>`` with medmnist and return that name: an entry in ``medmnist.INFO``
+    (``flag``'s, with these split sizes, this description and no URL or MD5) and a ``MedMNIST2D``
+    subclass ``<Class><Kind>`` in the ``medmnist`` namespace.
+
+    This changes medmnist's registry on purpose and for the life of the process: medmnist's
+    Dataset objects read ``INFO[name]`` whenever they are measured (``len``, ``repr``, a
+    DataLoader), and ``Evaluator`` and ``montage`` look the flag up there, so the entry must
+    outlive the call that made it. Real flags are never changed. Registering the same name again
+    with the same sizes changes nothing; other sizes (another stand-in fraction, another subset
+    file) replace the entry's sizes, and the class is made once.
+    """
+    name = f"{flag}_{kind}"
+    meta = dict(INFO[flag])
+    meta.update(python_class=f"{meta['python_class']}{kind.capitalize()}", n_samples=dict(sizes),
+                description=description)
+    meta.update({k: None for k in meta if k.startswith(("url", "MD5"))})
+    if INFO.get(name) != meta:
+        INFO[name] = meta
+    if not hasattr(medmnist, meta["python_class"]):
+        setattr(medmnist, meta["python_class"], type(meta["python_class"], (MedMNIST2D,), {"flag": name}))
+    return name
+
+
 def _register_nonstandard(flag: str, size: int, path: Path, sizes: dict[str, int]) -> tuple[str, Path]:
     """Register a subset file of ``flag`` with other split sizes as ``<flag>_nonstandard``
     (INFO entry with its sizes + MedMNIST2D subclass), linked as
     ``<root>/nonstandard/<flag>_nonstandard[_size].npz``, where medmnist looks for it."""
-    name = f"{flag}_nonstandard"
-    meta = dict(INFO[flag])
-    meta.update(python_class=f"{meta['python_class']}Nonstandard", n_samples=sizes,
-                description=f"NONSTANDARD subset of {flag} from {path} (split sizes {sizes}).")
-    meta.update({k: None for k in meta if k.startswith(("url", "MD5"))})
-    INFO[name] = meta
-    if not hasattr(medmnist, meta["python_class"]):
-        setattr(medmnist, meta["python_class"], type(meta["python_class"], (MedMNIST2D,), {"flag": name}))
+    name = register_flag(flag, "nonstandard", sizes,
+                         f"NONSTANDARD subset of {flag} from {path} (split sizes {sizes}).")
     folder = path.parent / "nonstandard"
     folder.mkdir(exist_ok=True)
     link = folder / f"{name}{_suffix(size)}.npz"
@@ -214,18 +234,8 @@ def _register_nonstandard(flag: str, size: int, path: Path, sizes: dict[str, int
 
 def _register_standin(flag: str, fraction: float, size: int) -> str:
     """Register ``<flag>_synthetic`` with medmnist (INFO entry + MedMNIST2D subclass)."""
-    name = f"{flag}_synthetic"
-    info = dict(INFO[flag])
-    info.update(
-        python_class=f"{info['python_class']}Synthetic",
-        description=f"SYNTHETIC stand-in for {flag} made by dlmi.standin (not real patient data).",
-        n_samples=split_sizes(INFO[flag], fraction, size),
-    )
-    info.update({k: None for k in info if k.startswith(("url", "MD5"))})
-    INFO[name] = info
-    if not hasattr(medmnist, info["python_class"]):
-        setattr(medmnist, info["python_class"], type(info["python_class"], (MedMNIST2D,), {"flag": name}))
-    return name
+    return register_flag(flag, "synthetic", split_sizes(INFO[flag], fraction, size),
+                         f"SYNTHETIC stand-in for {flag} made by dlmi.standin (not real patient data).")
 
 
 def _standin_is_fresh(path: Path, name: str) -> bool:
@@ -255,7 +265,8 @@ def _standin(flag: str, size: int, root: Path, fraction: float | None) -> tuple[
         return name, path
     arrays = make_standin(INFO[flag], size, fraction, STANDIN_SEED)
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as tmp:
-        np.savez_compressed(tmp, standin_version=np.array(STANDIN_VERSION), **arrays)
+        contents = {"standin_version": np.array(STANDIN_VERSION), **arrays}
+        np.savez_compressed(tmp, **contents)  # type: ignore[arg-type]  # numpy's stub reads **contents as allow_pickle
     os.replace(tmp.name, path)
     return name, path
 
@@ -268,8 +279,9 @@ def resolve(flag: str, size: int = 28, root: str | os.PathLike | None = None,
     A real file whose split sizes differ from ``medmnist.INFO`` is an error, unless
     ``allow_nonstandard`` (an instructor's own subset): it is then checked in every other way
     and registered with medmnist as ``<flag>_nonstandard`` with its own sizes."""
-    mode = mode or os.environ.get("DLMI_DATA", "auto")
-    _check_args(flag, size, mode)
+    wanted = mode or os.environ.get("DLMI_DATA", "auto")
+    _check_args(flag, size, wanted)
+    mode = cast(Mode, wanted)
     folder = data_root(root)
     if mode != "synthetic":
         real = folder / f"{flag}{_suffix(size)}.npz"
@@ -318,8 +330,9 @@ def load_medmnist(flag: str, split: str, size: int = 28, root: str | os.PathLike
 
     ``allow_nonstandard=True`` accepts a real file with other split sizes (a subset of your
     own), loaded as medmnist flag ``<flag>_nonstandard``; see :func:`resolve`."""
-    mode = mode or os.environ.get("DLMI_DATA", "auto")
-    _check_args(flag, size, mode, split)
+    wanted = mode or os.environ.get("DLMI_DATA", "auto")
+    _check_args(flag, size, wanted, split)
+    mode = cast(Mode, wanted)
     used, name, path = resolve(flag, size, root, mode, fraction, allow_nonstandard=allow_nonstandard)
     cls = getattr(medmnist, INFO[name]["python_class"])
     ds = cls(split=split, transform=transform or to_tensor(), target_transform=target_transform,
@@ -343,12 +356,19 @@ def load_medmnist_tensors(flag: str, split: str, size: int = 28, root: str | os.
         raise ValueError(f"dtype must be torch.float32 or torch.uint8, got {dtype}")
     ds = load_medmnist(flag, split, size, root, mode, fraction=fraction,
                        allow_nonstandard=allow_nonstandard)
-    x = torch.from_numpy(ds.imgs)
+    x, y = arrays_to_tensors(ds.imgs, ds.labels, ds.info["task"], dtype=dtype)
+    return x.to(device or "cpu"), y.to(device or "cpu")
+
+
+def arrays_to_tensors(images: np.ndarray, labels: np.ndarray, task: str, *,
+                      dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """MedMNIST arrays (uint8, channels-last (N, H, W) or (N, H, W, 3); labels (N, L)) → ``(x, y)``
+    as :func:`load_medmnist_tensors` returns them (``task`` from :func:`info`)."""
+    x = torch.from_numpy(images)
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     x = x.contiguous() if dtype == torch.uint8 else to_float(x)
-    labels = torch.from_numpy(ds.labels)
-    y = labels.float() if ds.info["task"].startswith("multi-label") else labels.view(-1).long()
-    return x.to(device or "cpu"), y.to(device or "cpu")
+    y = torch.from_numpy(labels)
+    return x, y.float() if task.startswith("multi-label") else y.view(-1).long()
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:

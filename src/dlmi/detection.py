@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -22,6 +22,11 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import TwoMLPHead, FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
+
+if TYPE_CHECKING:
+    import ipywidgets
+
+    from .widgets import StaticExplorer
 
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
 
@@ -100,7 +105,7 @@ def yolo_targets(boxes: torch.Tensor, labels: torch.Tensor, grid: int, n_classes
     same cell overwrites an earlier one, which is YOLO v1's known limit with crowded objects."""
     out = torch.zeros(grid, grid, 5 + n_classes)
     cell = image_size / grid
-    for (cx, cy, w, h), label in zip(box_convert(boxes.float(), "xyxy", "cxcywh"), labels):
+    for (cx, cy, w, h), label in zip(box_convert(boxes.float(), "xyxy", "cxcywh"), labels, strict=False):
         col, row = min(int(cx // cell), grid - 1), min(int(cy // cell), grid - 1)
         out[row, col, :5] = torch.tensor([1.0, cx / cell - col, cy / cell - row, w / image_size, h / image_size])
         out[row, col, 5:] = 0
@@ -132,7 +137,7 @@ def precision_recall(preds: Sequence[dict], targets: Sequence[dict], score_thres
     """Precision, recall and counts over a data set, for detections above ``score_threshold``
     (classes ignored: 'is there a cell here?')."""
     tp = fp = fn = 0
-    for p, t in zip(preds, targets):
+    for p, t in zip(preds, targets, strict=False):
         keep = p["scores"] >= score_threshold
         hits = match_detections(p["boxes"][keep], p["scores"][keep], t["boxes"], iou_threshold)
         tp += int(hits.sum())
@@ -321,7 +326,7 @@ def detect_raw(model: nn.Module, images: Sequence[torch.Tensor],
                score_threshold: float = 0.05) -> list[dict[str, torch.Tensor]]:
     """Detections of a torchvision R-CNN *before* its final non-maximum suppression (and with
     a low score threshold), to study NMS; the model's settings are restored afterwards."""
-    heads = model.roi_heads
+    heads: Any = model.roi_heads  # torchvision's RoIHeads
     saved = heads.nms_thresh, heads.score_thresh
     heads.nms_thresh, heads.score_thresh = 1.0, score_threshold
     try:
@@ -341,13 +346,14 @@ def postprocess(raw: dict[str, torch.Tensor], score_threshold: float,
     return {k: v[order] for k, v in kept.items()}
 
 
-def detection_explorer(images: Sequence[torch.Tensor], raw: Sequence[dict], targets: Sequence[dict]):
+def detection_explorer(images: Sequence[torch.Tensor], raw: Sequence[dict],
+                       targets: Sequence[dict]) -> ipywidgets.interactive | StaticExplorer:
     """An ipywidgets explorer: image, score threshold and NMS IoU threshold → kept boxes
     (green), true boxes (yellow), precision and recall for that image."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
-    from .widgets import explorer as settled_explorer
+    from .widgets import explorer
 
     def show(index: int = 0, score_threshold: float = 0.5, iou_threshold: float = 0.5) -> None:
         kept = postprocess(raw[index], score_threshold, iou_threshold)
@@ -358,7 +364,7 @@ def detection_explorer(images: Sequence[torch.Tensor], raw: Sequence[dict], targ
                         title=f"{len(kept['boxes'])} boxes: precision {pr['precision']:.2f}, recall {pr['recall']:.2f}")
         plt.show()
 
-    return settled_explorer(
+    return explorer(
         show, index=widgets.IntSlider(value=0, min=0, max=len(images) - 1),
         score_threshold=widgets.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.05, description="score ≥"),
         iou_threshold=widgets.FloatSlider(value=0.5, min=0.1, max=1.0, step=0.05, description="NMS IoU"))

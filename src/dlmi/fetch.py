@@ -23,18 +23,18 @@ import argparse
 import hashlib
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import medmnist
 from medmnist.info import INFO
 
 from .datasets import (FLAGS_2D, SIZES, CorruptDataError, DataUnavailableError, _suffix,
                        data_root, ensure_valid, mark_verified)
+from .runtime import socket_timeout
 
 # The flags whose files are loaded (not only described) by the book and by the labs; tests
 # check these lists against the chapters and lab sources.
@@ -74,12 +74,8 @@ def _medmnist_download(flag: str, size: int, folder: Path, timeout: float) -> No
     cls = getattr(medmnist, INFO[flag]["python_class"])
     ds = cls.__new__(cls)  # download() reads only these attributes
     ds.info, ds.size_flag, ds.root = INFO[flag], _suffix(size), str(folder)
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)
-    try:
+    with socket_timeout(timeout):  # medmnist's download() takes no timeout of its own
         ds.download()
-    finally:
-        socket.setdefaulttimeout(old)
 
 
 def _reason(err: BaseException) -> str:
@@ -222,7 +218,7 @@ def write_fake(flag: str, root: str | os.PathLike, size: int = 28, seed: int = 0
     folder = Path(root)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=folder, suffix=".npz", delete=False) as tmp:
-        np.savez_compressed(tmp, **arrays)
+        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **arrays as allow_pickle
     target = folder / source(flag, size)[0]
     os.replace(tmp.name, target)
     return target

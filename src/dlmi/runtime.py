@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import os
 import random
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -38,3 +41,15 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+@contextmanager
+def socket_timeout(seconds: float | None) -> Iterator[None]:
+    """Set the process-wide default socket timeout for the block, then restore the previous one
+    (for libraries that open URLs without a timeout argument)."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)

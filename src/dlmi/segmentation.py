@@ -7,11 +7,16 @@ channel; label maps are integer (N, H, W). Scores are per image unless reduced.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    import ipywidgets
+
+    from .widgets import StaticExplorer
 
 Padding = Literal["same", "valid"]
 Norm = Literal["batch", "instance", "none"]
@@ -72,7 +77,7 @@ class DilatedContext(nn.Module):
 def center_crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Crop the trailing spatial dims of ``x`` to ``size`` around the centre (U-Net's 'copy and crop')."""
     slices = [slice(None)] * (x.ndim - len(size))
-    for have, want in zip(x.shape[-len(size):], size):
+    for have, want in zip(x.shape[-len(size):], size, strict=False):
         if want > have:
             raise ValueError(f"cannot crop {tuple(x.shape[-len(size):])} to {tuple(size)}")
         start = (have - want) // 2
@@ -101,10 +106,10 @@ class UNet(nn.Module):
             raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
         if dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, got {dims}")
-        self.depth, self.padding, self.dims = depth, padding, dims
+        self.in_channels, self.depth, self.padding, self.dims = in_channels, depth, padding, dims
         chans = [base * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList(DoubleConv(c_i, c_o, padding, dims, norm=norm)
-                                  for c_i, c_o in zip([in_channels] + chans[:-2], chans[:-1]))
+                                  for c_i, c_o in zip([in_channels] + chans[:-2], chans[:-1], strict=False))
         self.pool = (nn.MaxPool3d if dims == 3 else nn.MaxPool2d)(2)
         self.bottleneck = (DilatedContext(chans[-2], chans[-1], context_rates, dims, norm) if context_rates
                            else DoubleConv(chans[-2], chans[-1], padding, dims, norm=norm))
@@ -121,7 +126,7 @@ class UNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
-        for up, block, skip in zip(self.up, self.decode, reversed(skips)):
+        for up, block, skip in zip(self.up, self.decode, reversed(skips), strict=False):
             x = up(x)
             x = block(torch.cat([center_crop(skip, x.shape[2:]), x], dim=1))
         return self.out(x)
@@ -157,7 +162,7 @@ def _to_meta(model: nn.Module) -> nn.Module:
 
 def output_size(model: UNet, size: int) -> int:
     """Spatial output size of ``model`` for a square (cubic) input of side ``size`` (meta device)."""
-    shape = (1, model.down[0][0].in_channels) + (size,) * model.dims
+    shape = (1, model.in_channels) + (size,) * model.dims
     with torch.no_grad():
         return int(_to_meta(model)(torch.empty(*shape, device="meta")).shape[-1])
 
@@ -175,6 +180,7 @@ def receptive_extent(model: nn.Module, size: int = 129, channels: int = 1, seed:
         y[0, :, y.shape[-2] // 2, y.shape[-1] // 2].sum().backward()
     finally:
         model.train(was_training)
+    assert x.grad is not None  # x requires grad and reached y
     cols = torch.nonzero(x.grad.abs().sum(dim=(0, 1, 2)) > 0).view(-1)
     if len(cols) and (cols.min() == 0 or cols.max() == size - 1):
         raise ValueError(f"the receptive field reaches the border of a {size}-pixel input; use a larger size")
@@ -242,6 +248,7 @@ class CEDiceLoss(nn.Module):
     def __init__(self, dice_weight: float = 1.0, class_weights: torch.Tensor | None = None) -> None:
         super().__init__()
         self.dice_weight = dice_weight
+        self.class_weights: torch.Tensor | None
         self.register_buffer("class_weights", class_weights)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -260,6 +267,7 @@ class BCEDiceLoss(nn.Module):
     def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, pos_weight: float | None = None) -> None:
         super().__init__()
         self.bce_weight, self.dice_weight = bce_weight, dice_weight
+        self.pos_weight: torch.Tensor | None
         self.register_buffer("pos_weight", None if pos_weight is None else torch.tensor([pos_weight]))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -288,7 +296,8 @@ def overlay(image: torch.Tensor, mask: torch.Tensor, color: tuple[float, float, 
     return torch.where(m, (1 - alpha) * rgb + alpha * tint, rgb)
 
 
-def threshold_explorer(images: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor):
+def threshold_explorer(images: torch.Tensor, probs: torch.Tensor,
+                       targets: torch.Tensor) -> ipywidgets.interactive | StaticExplorer:
     """An ipywidgets explorer: image index and threshold → overlay of the thresholded
     foreground probability (red) and the true mask outline, with Dice and IoU.
 
@@ -297,7 +306,7 @@ def threshold_explorer(images: torch.Tensor, probs: torch.Tensor, targets: torch
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
-    from .widgets import explorer as settled_explorer
+    from .widgets import explorer
 
     def show(index: int = 0, threshold: float = 0.5) -> None:
         pred = probs[index] > threshold
@@ -310,6 +319,6 @@ def threshold_explorer(images: torch.Tensor, probs: torch.Tensor, targets: torch
         ax.axis("off")
         plt.show()
 
-    return settled_explorer(
+    return explorer(
         show, index=widgets.IntSlider(value=0, min=0, max=len(images) - 1),
         threshold=widgets.FloatSlider(value=0.5, min=0.05, max=0.95, step=0.05))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +20,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .models import SmallCNN, count_params
+from .models import SmallCNN
+from .runtime import socket_timeout
 from .train import accuracy, fit, predict
 
-__all__ = ["STRATEGIES", "LoadReport", "PretrainedUnavailableError", "SmallCNN", "count_params", "embed",
+__all__ = ["STRATEGIES", "LoadReport", "PretrainedUnavailableError", "embed",
            "freeze", "grad_cam", "head_name", "imagenet_input", "imagenet_model", "load_checkpoint",
            "load_partial", "param_groups", "reset_head", "save_checkpoint", "transfer_trial"]
 
@@ -171,10 +171,9 @@ def imagenet_model(num_classes: int, arch: str = "resnet18",
     if weights != "none":
         enum = torchvision.models.get_model_weights(arch).DEFAULT
         cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
-        old = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(timeout)
         try:
-            model.load_state_dict(enum.get_state_dict(progress=False, check_hash=True))
+            with socket_timeout(timeout):
+                model.load_state_dict(enum.get_state_dict(progress=False, check_hash=True))
             used = f"{arch}: ImageNet weights {enum} ({'cache' if cached.exists() else 'downloaded'}: {cached})"
         except Exception as err:  # URLError, timeout, hash mismatch: all mean "not available"
             reason = f"{type(err).__name__}: {err}".splitlines()[0][:160]
@@ -184,8 +183,6 @@ def imagenet_model(num_classes: int, arch: str = "resnet18",
                     f"{cached.name} into {cached.parent}.") from err
             used = f"{arch}: RANDOM initialisation — ImageNet weights unavailable ({reason})"
             print(f"NOTICE: {used}", file=sys.stderr)
-        finally:
-            socket.setdefaulttimeout(old)
     reset_head(model, num_classes)
     return model, used
 
