@@ -16,7 +16,7 @@ BOOK_SRC := $(shell find $(BOOK_DIR) -maxdepth 1 -type f \( -name '*.md' -o -nam
             $(shell find src/dlmi -name '*.py')
 LAB_SRC := $(shell find solutions autograder -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
-.PHONY: all venv assets notebooks data rehearse book labs check test test-grader bench bench-gpu bench-recipes clean
+.PHONY: all venv assets notebooks data rehearse book labs check lint test test-grader bench bench-gpu bench-recipes clean
 all: venv book labs
 
 # The course with every extra at the exact versions of constraints.txt (pyproject.toml has only
@@ -81,10 +81,17 @@ labs/.released: $(VENV)/.installed $(LAB_SRC)
 check: labs
 	$(BIN)/dlmi-grader check --all
 
+# ruff (rules and line length in pyproject.toml [tool.ruff]) and mypy ([tool.mypy]: dlmi and the
+# grader), before anything is built. The labs' notebooks are not linted (see [tool.ruff]).
+LINT_PATHS := src/dlmi autograder tests book/_ext
+lint: venv
+	$(BIN)/ruff check --quiet $(LINT_PATHS)
+	$(BIN)/mypy
+
 # In parallel: one pytest worker per core; tests that share an expensive fixture (a graded class)
 # stay on one worker (tests/conftest.py). TEST_JOBS=0 runs them one after the other.
 TEST_JOBS ?= auto
-test: book labs
+test: lint book labs
 	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup
 
 # The tests whose expectations depend on privilege (every grader test: sandbox levels, scratch,

@@ -12,13 +12,15 @@ the instructor decides with ``dlmi-grader review LAB STUDENT --accept|--reject``
 from __future__ import annotations
 
 import ast
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 # imports that no lab needs and that reach into the interpreter or the grader
 IMPORTS = {
     "ctypes": "loads ctypes (raw memory and C calls)", "_ctypes": "loads ctypes (raw memory and C calls)",
     "cffi": "loads cffi (raw memory and C calls)", "gc": "loads gc (reaches every object of the interpreter)",
-    "importlib": "loads importlib (re-imports or swaps modules)", "builtins": "loads builtins (the interpreter's own names)",
+    "importlib": "loads importlib (re-imports or swaps modules)",
+    "builtins": "loads builtins (the interpreter's own names)",
     "__builtin__": "loads builtins", "marshal": "loads marshal (code objects)", "dis": "loads dis (code objects)",
     "torch._C": "reaches torch._C (torch's internals: the dispatcher and its bans)",
     "torch.library": "loads torch.library (re-registers torch's operators)",
@@ -36,7 +38,8 @@ ATTRIBUTES = {
     "__mro__": "walks a class's MRO", "f_back": "walks the call stack", "f_globals": "reads another frame's globals",
     "f_locals": "reads another frame's locals", "f_builtins": "reads another frame's builtins",
     "gi_frame": "reaches a generator's frame", "tb_frame": "reaches a traceback's frame",
-    "cr_frame": "reaches a coroutine's frame", "_getframe": "walks the call stack", "meta_path": "changes the import system",
+    "cr_frame": "reaches a coroutine's frame", "_getframe": "walks the call stack",
+    "meta_path": "changes the import system",
     "path_hooks": "changes the import system", "settrace": "installs a tracer", "setprofile": "installs a profiler",
     "addaudithook": "installs an audit hook", "modules": "reaches sys.modules (the grader's bridge lives there)",
     "_destroy": "undoes an operator registration", "_python_dispatch": "reaches torch's dispatch modes",
@@ -194,7 +197,7 @@ def scan(cells: Iterable[tuple[str, str]]) -> list[str]:
     trees = [_parse(source) for _, source in cells]
     modules = module_names(trees)
     out = []
-    for (where, _), tree in zip(cells, trees):
+    for (where, _), tree in zip(cells, trees, strict=False):
         for line, what in (_scan(tree, modules) if tree is not None else []):
             out.append(f"{where}, line {line}: {what}")
     return out

@@ -15,10 +15,12 @@ Values that cannot travel as data (a model, a generator) stay in the kernel unde
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import os
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 MIME = "application/x-dlmi-bridge+json"
 INLINE_BYTES = 1 << 16           # arrays larger than this go judge → kernel through a file
@@ -388,6 +390,12 @@ def _trap_code(freevars: tuple[str, ...], message: str) -> Any:
     return namespace["_outer"]().__code__
 
 
+def _destroy_all(libs: list[Any]) -> None:
+    """Undo a ban of operators: destroy the libraries that registered its kernels."""
+    for lib in libs:
+        lib._destroy()
+
+
 def _ban_function(path: str, message: str, undo: list[Callable[[], None]] | None) -> None:
     """Make the function at ``path`` raise ``message``. A Python function gets a new code object, so
     every reference to it taken earlier is trapped too; a torch builtin is banned at the dispatcher."""
@@ -401,18 +409,18 @@ def _ban_function(path: str, message: str, undo: list[Callable[[], None]] | None
         code = original.__code__
         original.__code__ = _trap_code(code.co_freevars, message)
         if undo is not None:
-            undo.append(lambda f=original, c=code: setattr(f, "__code__", c))
+            undo.append(functools.partial(setattr, original, "__code__", code))
         return
     if isinstance(original, types.BuiltinFunctionType) and module.split(".")[0] == "torch":
         keep: list[Any] = []
         if _ban_ops([f"^_?{original.__name__}(\\.|$)"], message, keep):
             if undo is not None:
-                undo.append(lambda libs=keep: [lib._destroy() for lib in libs])
+                undo.append(functools.partial(_destroy_all, keep))
             else:
                 _armed.extend(keep)
     setattr(owner, attr, _raiser(message))
     if undo is not None:
-        undo.append(lambda o=owner, a=attr, v=original: setattr(o, a, v))
+        undo.append(functools.partial(setattr, owner, attr, original))
 
 
 def _raiser(message: str) -> Callable[..., Any]:
@@ -450,7 +458,7 @@ def _block_modules(prefixes: list[str], message: str, undo: list[Callable[[], No
                 code = value.__code__
                 value.__code__ = _trap_code(code.co_freevars, message)
                 if undo is not None:
-                    undo.append(lambda f=value, c=code: setattr(f, "__code__", c))
+                    undo.append(functools.partial(setattr, value, "__code__", code))
             elif isinstance(value, types.BuiltinFunctionType) and undo is None:
                 setattr(module, attr, _raiser(message))
         if undo is None:
@@ -469,7 +477,7 @@ def ban(rule: dict[str, Any], *, scoped: bool) -> None:
         keep: list[Any] = []
         _ban_ops(list(rule["ops"]), message, keep)
         if scoped:
-            _forbidden.append(lambda libs=keep: [lib._destroy() for lib in libs])
+            _forbidden.append(functools.partial(_destroy_all, keep))
         else:
             _armed.extend(keep)
     for path in rule.get("functions", []):
@@ -521,5 +529,5 @@ def forbid_split(split: str, message: str, *, mark: bool = False) -> None:
                     raise RuntimeError(message)
                 return _original(flag, which, *args, **kwargs)
 
-            _forbidden.append(lambda o=owner, a=attr, v=original: setattr(o, a, v))
+            _forbidden.append(functools.partial(setattr, owner, attr, original))
             setattr(owner, attr, guarded)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import filecmp
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import course, grade, notebook
@@ -41,7 +42,7 @@ def _secret_and_public(lab: course.Lab) -> tuple[set[str], set[str]]:
     return secret, public
 
 
-def secret_lines(lab: course.Lab, others: list[course.Lab] = ()) -> set[str]:
+def secret_lines(lab: course.Lab, others: Sequence[course.Lab] = ()) -> set[str]:
     """Distinctive lines of ``lab``'s solutions and hidden tests: long, no comment, and not also
     in the public text of ``lab`` or of any lab in ``others`` (``except ValueError:`` is no secret)."""
     secret, public = _secret_and_public(lab)
@@ -103,7 +104,8 @@ def _grade_labs(root: Path, labs: list[course.Lab], options: grade.Options) -> t
     results); also compare ``labs/`` with a fresh release and look for leaks. Returns the results and
     the problems found so far."""
     problems: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="dlmi-check-") as tmp, grade.Pool(options, root, labs, 2 * len(labs)) as pool:
+    with (tempfile.TemporaryDirectory(prefix="dlmi-check-") as tmp,
+          grade.Pool(options, root, labs, 2 * len(labs)) as pool):
         jobs, packs = [], {}
         for lab in labs:
             fresh = course.generate(lab, Path(tmp) / "release" / lab.name)

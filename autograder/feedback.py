@@ -34,7 +34,8 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 class HideHiddenTests(NbGraderPreprocessor):
     """Replace hidden-test regions by a placeholder; keep only our report as their output."""
 
-    def preprocess_cell(self, cell: NotebookNode, resources: ResourcesDict, index: int) -> tuple[NotebookNode, ResourcesDict]:
+    def preprocess_cell(self, cell: NotebookNode, resources: ResourcesDict,
+                        index: int) -> tuple[NotebookNode, ResourcesDict]:
         if cell.cell_type == "code" and notebook.has_hidden(cell):
             cell.metadata.setdefault("dlmi_feedback", {})["hidden"] = True
             cell.source = notebook.hide_hidden_tests(cell.source)
@@ -106,7 +107,8 @@ class MathML(NbGraderPreprocessor):
     """TeX in markdown cells as MathML (after :class:`SanitizeHtml`: the MathML is made from text,
     cleaned by :func:`autograder.safehtml.clean_mathml`, never taken from a hand-in's markup)."""
 
-    def preprocess_cell(self, cell: NotebookNode, resources: ResourcesDict, index: int) -> tuple[NotebookNode, ResourcesDict]:
+    def preprocess_cell(self, cell: NotebookNode, resources: ResourcesDict,
+                        index: int) -> tuple[NotebookNode, ResourcesDict]:
         if cell.cell_type == "markdown" and "$" in cell.source:
             cell.source = with_mathml(cell.source)
         return cell, resources

@@ -22,7 +22,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import nbformat
 from nbformat import NotebookNode
@@ -124,7 +125,9 @@ def judge_imports(modules: list[str]) -> list[str]:
 def lab_limits(settings: dict, options: Options) -> Limits:
     """The lab's budget from its metadata, overridden by the command line."""
     base = Limits()
-    pick = (lambda opt, key, default: opt if opt is not None else settings.get(key, default))
+    def pick(opt: Any, key: str, default: Any) -> Any:
+        return opt if opt is not None else settings.get(key, default)
+
     return Limits(timeout_s=float(pick(options.timeout_s, "timeout_s", base.timeout_s)),
                   cell_timeout_s=float(pick(options.cell_timeout_s, "cell_timeout_s", base.cell_timeout_s)),
                   memory_mb=int(pick(options.memory_mb, "memory_mb", base.memory_mb)),
@@ -210,7 +213,8 @@ def _run_in_kernel(job: Job, pack: LabPack, worker: Worker, path: Path, graded: 
 
 def _execute(session: KernelSession, nb: NotebookNode, result: dict[str, Any], context: dict[str, Any]) -> None:
     """Run the rebuilt notebook: code cells in the kernel, test cells in the judge."""
-    count, shared = 0, {}
+    count = 0
+    shared: dict[str, Any] = {}
     result.setdefault("timing", {}).update(cells_s=0.0, tests_s=0.0)
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
@@ -299,7 +303,8 @@ def decide_review(res: dict[str, Any], accept: bool, who: str = "") -> dict[str,
     else:
         res["status"] = "rejected: " + (integrity.get("findings") or ["by the instructor"])[0]
         res["score"] = None
-    res["review"] = f"tampering? {integrity['state']} by the instructor: " + "; ".join(integrity.get("findings", [])[:5])
+    res["review"] = (f"tampering? {integrity['state']} by the instructor: "
+                     + "; ".join(integrity.get("findings", [])[:5]))
     return res
 
 
@@ -408,7 +413,7 @@ class Pool:
         """At most one job per worker in flight. A worker that dies (the pool breaks) costs no other
         hand-in: the jobs that were running are retried one at a time in a fresh pool, so the one that
         kills its worker again is identified and fails alone; the others are graded."""
-        waiting, suspects = deque(todo), deque()
+        waiting, suspects = deque(todo), deque[Job]()
         running: dict[Any, tuple[Job, bool]] = {}
         graded = died_alone = 0
         while waiting or suspects or running:
@@ -469,7 +474,7 @@ class Pool:
             self._slots.put(i)
         self.executor = self._make_executor()
 
-    def __enter__(self) -> "Pool":
+    def __enter__(self) -> Pool:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -36,7 +36,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from .notebook import MAX_NOTEBOOK_BYTES, display_name
 

@@ -20,7 +20,8 @@ import io
 import symtable
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from . import bridge
 from .errors import StudentError, SubmissionFailure
@@ -82,7 +83,7 @@ class Remote:
 def _trusted_class(qualified: str) -> type | None:
     """Import ``module.Class`` in the judge, only from library modules."""
     module, _, name = qualified.rpartition(".")
-    if not module.split(".")[0] in _TRUSTED_MODULES:
+    if module.split(".")[0] not in _TRUSTED_MODULES:
         return None
     while module:
         try:
@@ -248,10 +249,8 @@ def judge_test(session: KernelSession, source: str, *, hidden: bool, context: di
         return _judge(session, source, hidden, namespace)
     finally:
         if shared is not None:
-            try:
+            with contextlib.suppress(SyntaxError):
                 shared.update({k: namespace[k] for k in bound_names(source) if k in namespace})
-            except SyntaxError:
-                pass
 
 
 def _judge(session: KernelSession, source: str, hidden: bool, namespace: dict[str, Any]) -> Outcome:

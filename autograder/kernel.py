@@ -26,11 +26,13 @@ from typing import IO, Any
 
 import psutil
 from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.connect import KernelConnectionInfo
 from nbformat import NotebookNode
 from nbformat.v4 import output_from_msg
 
 from . import bridge, sandbox
 from .errors import StudentError, SubmissionFailure
+import contextlib
 
 UID_BASE = 61000
 _PASS_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "DLMI_SCALE", "DLMI_STANDIN_FRACTION", "DLMI_DATA_DIR")
@@ -128,9 +130,10 @@ class KernelSession:
         os.chmod(self.scratch, 0o700)
         os.chmod(self.workdir, 0o711)  # the kernel may pass through to home/ and io/, not list or read the rest
         os.chmod(self.io, 0o755)
-        conn = {"transport": "ipc", "ip": str(self.scratch / "k"), "shell_port": 1, "iopub_port": 2,
-                "stdin_port": 3, "control_port": 4, "hb_port": 5, "key": secrets.token_hex(16),
-                "signature_scheme": "hmac-sha256", "kernel_name": ""}
+        conn: KernelConnectionInfo = {
+            "transport": "ipc", "ip": str(self.scratch / "k"), "shell_port": 1, "iopub_port": 2,
+            "stdin_port": 3, "control_port": 4, "hb_port": 5, "key": secrets.token_hex(16),
+            "signature_scheme": "hmac-sha256", "kernel_name": ""}
         conn_file = self.io / "kernel.json"
         conn_file.write_text(json.dumps(conn))
         os.chmod(conn_file, 0o644)
@@ -191,7 +194,7 @@ class KernelSession:
                 scrub_uid(self.uid)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "KernelSession":
+    def __enter__(self) -> KernelSession:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -200,10 +203,8 @@ class KernelSession:
     # ------------------------------------------------------------------ watchdog
     def _kill(self) -> None:
         if self.pid is not None and self.exit_code() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
     def exit_code(self) -> int | None:
         """The sandbox's exit code once it has ended, else None."""
@@ -382,7 +383,7 @@ class KernelSession:
 def claim_uid(folder: Path) -> tuple[int, IO[str]]:
     """A sandbox user id no other grader process on this machine uses: (uid, lock held while open)."""
     for uid in range(UID_BASE, UID_BASE + 1000):
-        lock = open(folder / f"uid-{uid}.lock", "w")
+        lock = open(folder / f"uid-{uid}.lock", "w")  # noqa: SIM115 (held open: the lock lives while it is)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -408,7 +409,7 @@ def claim_fresh_uid(lock_dir: Path, used_dir: Path) -> tuple[int, IO[str]]:
             os.close(os.open(used_dir / str(uid), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         except FileExistsError:
             continue
-        lock = open(lock_dir / f"uid-{uid}.lock", "w")
+        lock = open(lock_dir / f"uid-{uid}.lock", "w")  # noqa: SIM115 (held open: the lock lives while it is)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

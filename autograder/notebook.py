@@ -178,7 +178,8 @@ def _read_notebook(path: Path, name: str) -> NotebookNode:
     try:
         nb = nbformat.reads(json.dumps(data), as_version=4)
     except Exception as err:  # nbformat raises many kinds of errors for malformed content
-        raise SubmissionFailure("failed", f"{name} is a malformed notebook ({type(err).__name__}: {err})"[:400]) from None
+        reason = f"{name} is a malformed notebook ({type(err).__name__}: {err})"
+        raise SubmissionFailure("failed", reason[:400]) from None
     for cell in nb.cells:
         if not isinstance(cell.get("source"), str) or cell.get("cell_type") not in ("code", "markdown", "raw"):
             raise SubmissionFailure("failed", f"{name} is a malformed notebook (a cell has no valid source or type)")
@@ -188,7 +189,7 @@ def _read_notebook(path: Path, name: str) -> NotebookNode:
 def lab_ids(nb: NotebookNode) -> set[str]:
     """What identifies a lab's tracked cells: their ``grade_id``s and their notebook cell ids."""
     tracked = [c for c in nb.cells if grade_id(c)]
-    return {grade_id(c) for c in tracked} | {f"id:{c['id']}" for c in tracked if c.get("id")}  # type: ignore[misc]
+    return {gid for c in tracked if (gid := grade_id(c))} | {f"id:{c['id']}" for c in tracked if c.get("id")}
 
 
 def identify(nb: NotebookNode, lab: str, labs: dict[str, set[str]], filename: str) -> None:
@@ -234,9 +235,10 @@ class Layout:
     @classmethod
     def of(cls, source: NotebookNode) -> Layout:
         slots = [Slot(c, _kind(c)) for c in source.cells]
-        return cls(slots, {grade_id(s.source_cell): s for s in slots if s.kind != "untracked"},  # type: ignore[misc]
-                   {s.source_cell.get("id"): grade_id(s.source_cell) for s in slots if s.kind == "answer"},  # type: ignore[misc]
-                   {s.source_cell.get("id") for s in slots if s.kind == "untracked" and s.source_cell.get("id")})
+        return cls(slots, {gid: s for s in slots if s.kind != "untracked" and (gid := grade_id(s.source_cell))},
+                   {s.source_cell.get("id"): gid for s in slots
+                    if s.kind == "answer" and (gid := grade_id(s.source_cell))},
+                   {cid for s in slots if s.kind == "untracked" and (cid := s.source_cell.get("id"))})
 
 
 @dataclass
@@ -314,7 +316,7 @@ def _answer_cell(src: NotebookNode, m: Match, blank_by_gid: dict[str, NotebookNo
 def assemble(layout: Layout, m: Match, source: NotebookNode, blank: NotebookNode) -> NotebookNode:
     """The graded notebook in the source's order: answers and kept cells from the student, tests and
     locked cells from the source, each followed by the student's own cells that came after it."""
-    blank_by_gid = {grade_id(c): c for c in blank.cells if grade_id(c)}
+    blank_by_gid = {gid: c for c in blank.cells if (gid := grade_id(c))}
     cells: list[NotebookNode] = list(m.extras[None])
     for slot in layout.slots:
         src = slot.source_cell

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import course
 from .safehtml import sanitize_notebook
+import contextlib
 
 CSV_FIELDS = ["student", "status", "score", "max_score", "manual_score", "manual_max", "runtime_s", "device",
               "origin", "notebook", "review"]
@@ -147,8 +148,8 @@ def write_csv(base: Path, lab: str, manual: dict[str, float | None] | None = Non
     text cell is neutralised (:func:`csv_cell`); numbers stay numbers; ``max_score`` is always filled."""
     path = base / lab / "grades.csv"
     rows = load_results(base, lab)
-    maxima = [r.get("max_score") for r in rows if isinstance(r.get("max_score"), (int, float))]
-    manual_maxima = [r.get("manual_max") for r in rows if isinstance(r.get("manual_max"), (int, float))]
+    maxima = [m for r in rows if isinstance(m := r.get("max_score"), (int, float))]
+    manual_maxima = [m for r in rows if isinstance(m := r.get("manual_max"), (int, float))]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="", encoding="utf-8", errors="replace") as fh:
@@ -205,10 +206,8 @@ def forget(root: Path, lab: str, students: list[str]) -> None:
         return
     with Gradebook(_gradebook_url(root)) as gb:
         for student in students:
-            try:
+            with contextlib.suppress(MissingEntry):
                 gb.remove_submission(lab, student)
-            except MissingEntry:
-                pass
 
 
 def progress_line(res: dict[str, Any]) -> str:

@@ -82,7 +82,7 @@ class _MathOnly(Filter):
     """Inside ``<math>`` only MathML elements: any other (an HTML ``<table>`` in an ``<mtext>``, the
     start of many parser-confusion tricks) is dropped, its text kept."""
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         depth = 0
         for token in super().__iter__():
             name = token.get("name")

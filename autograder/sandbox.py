@@ -91,7 +91,7 @@ def probe(level: str) -> str | None:
 
 def default_level() -> tuple[str, list[str]]:
     """The strongest level this machine allows, and why stronger ones were refused."""
-    refused = []
+    refused: list[str] = []
     for level in LEVELS:
         problem = probe(level)
         if problem is None:
@@ -130,7 +130,8 @@ class Zygote:
     never held a solution or a hidden test, and it exits when the grader does."""
 
     def __init__(self, preload: list[str], env: dict[str, str], log: Path, socket_path: Path) -> None:
-        self._log, self._logpath, self.socket_path = open(log, "ab"), log, socket_path
+        self._log = open(log, "ab")  # noqa: SIM115 (the zygote's stderr for its whole life; closed by close())
+        self._logpath, self.socket_path = log, socket_path
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(socket_path), *preload],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env,
                                      cwd="/")
@@ -212,7 +213,9 @@ def _check(ret: int, what: str) -> None:
 
 
 def _mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    enc = (lambda s: s.encode() if s is not None else None)
+    def enc(s: str | None) -> bytes | None:
+        return s.encode() if s is not None else None
+
     _check(_libc().mount(enc(src), enc(dst), enc(fstype), flags, enc(data)), f"mount {src} -> {dst}")
 
 

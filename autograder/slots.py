@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 DEFAULT_BUDGET_MB = 4096   # GPU memory of a kernel whose lab declares no gpu_memory_mb
 CONTEXT_MB = 600           # per kernel outside the cap: the CUDA context, cuDNN/cuBLAS handles

@@ -136,7 +136,7 @@ def changed_cells(student: NotebookNode, reference: NotebookNode) -> list[str]:
             continue
         gid = notebook.grade_id(cell)
         kind = "test cell" if notebook.is_test(cell) else "read-only cell"
-        theirs = mine.get(gid)
+        theirs = mine.get(gid) if gid else None
         if theirs is None:
             lines.append(f"{kind} {gid!r} was deleted (or its grading metadata removed)")
         elif theirs.cell_type != cell.cell_type or theirs.source.strip() != cell.source.strip():
@@ -247,7 +247,8 @@ def report(res: dict[str, Any], ref: Reference, changes: list[str]) -> tuple[str
     lines += [f"\nNote: {note}\n" for note in res.get("notes", [])]
     ok = passed == visible and status == "graded"
     if status.startswith("review"):
-        lines.append(f"\nThe grader would hold this notebook for your instructor to review: {status[len('review: '):]}\n"
+        lines.append("\nThe grader would hold this notebook for your instructor to review: "
+                     f"{status[len('review: '):]}\n"
                      "Its score would count only once your instructor accepts it: remove that code.\n")
     lines.append(f"\nVisible tests: {passed} of {visible} passed ({got:g} of {most:g} points). Hidden tests "
                  f"({hidden_points:g} points) and written answers are graded only after you hand in.\n")

@@ -17,7 +17,7 @@ def test_deterministic_in_seed_and_index():
 def test_masks_boxes_labels_agree():
     ds = SyntheticCells(n=20, size=64, cells=(1, 6), seed=0)
     for image, target in ds:
-        assert image.shape == (1, 64, 64) and 0 <= image.min() and image.max() <= 1
+        assert image.shape == (1, 64, 64) and image.min() >= 0 and image.max() <= 1
         masks, boxes, labels = target["masks"], target["boxes"], target["labels"]
         assert len(masks) == len(boxes) == len(labels) >= 1
         assert torch.equal(boxes.as_subclass(torch.Tensor), masks_to_boxes(masks.bool()))

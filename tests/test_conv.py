@@ -94,7 +94,8 @@ def test_pooling_matches_torch():
 
 
 def test_conv_params_matches_torch():
-    for c_in, c_out, k, bias, groups in [(3, 8, 3, True, 1), (16, 32, 5, False, 1), (8, 8, 3, True, 8), (6, 4, 1, True, 2)]:
+    for c_in, c_out, k, bias, groups in [(3, 8, 3, True, 1), (16, 32, 5, False, 1), (8, 8, 3, True, 8),
+                                         (6, 4, 1, True, 2)]:
         layer = nn.Conv2d(c_in, c_out, k, bias=bias, groups=groups)
         assert conv.conv_params(c_in, c_out, k, bias, groups) == sum(p.numel() for p in layer.parameters())
 

@@ -6,7 +6,8 @@
 * the base requirements are lower bounds only (an exact pin or a cap on torch would replace the
   torch a student already has, e.g. Colab's);
 * every package the student-facing code imports (``src/dlmi``, the labs) is a base requirement,
-  the chapters' code cells import only those and what their Colab notebook installs first, everything the grader imports is a base or ``[grader]`` one, and
+  the chapters' code cells import only those and what their Colab notebook installs first,
+  everything the grader imports is a base or ``[grader]`` one, and
   the tests import nothing undeclared.
 
 Each check is a function returning its problems, run on the real files (expecting none) and on a
@@ -243,7 +244,8 @@ def test_base_bound_check_can_fail():
 def test_import_check_can_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     chapter = tmp_path / "ch.md"
-    chapter.write_text("from yaml import x\n\n```{code-cell} ipython3\nimport numpy as np\nfrom PIL import Image\n```\n")
+    chapter.write_text("from yaml import x\n\n```{code-cell} ipython3\n"
+                       "import numpy as np\nfrom PIL import Image\n```\n")
     modules = imported_modules([chapter])
     assert modules == {"numpy": {"ch.md"}, "PIL": {"ch.md"}}, "prose lines are not code"
     assert import_problems(modules, {"numpy", "pillow"}, "base") == []

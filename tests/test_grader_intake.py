@@ -27,6 +27,7 @@ import pytest
 from autograder import cli, course, grade, intake, notebook, safehtml
 from autograder import results as store
 from autograder.kernel import SubmissionFailure
+import contextlib
 
 ROOT = Path(__file__).resolve().parents[1]
 LAB = "lab02-convolution"
@@ -216,7 +217,8 @@ def _mutations(seed: int, base: dict) -> list[bytes]:
     """Random damage to a real notebook: byte flips, cuts, and odd values put at random places."""
     rng = random.Random(seed)
     text = json.dumps(base).encode()
-    odd = [7, -1, 2 ** 80, 1.5e308, None, True, "", "\udcff".encode("utf-8", "surrogatepass").decode("utf-8", "replace"),
+    odd = [7, -1, 2 ** 80, 1.5e308, None, True, "",
+           "\udcff".encode("utf-8", "surrogatepass").decode("utf-8", "replace"),
            [], {}, [[[[[]]]]], {"a": {"b": {"c": []}}}, "x" * 10_000, ["list", 1], {"nbgrader": "x"}]
     out = []
     for _ in range(60):
@@ -242,10 +244,8 @@ def _mutations(seed: int, base: dict) -> list[bytes]:
                         break
                     node = node[key] if rng.random() < 0.8 else node
                 if key is not None and isinstance(node, (dict, list)):
-                    try:
+                    with contextlib.suppress(IndexError, KeyError, TypeError):
                         node[key] = copy.deepcopy(rng.choice(odd))
-                    except (IndexError, KeyError, TypeError):
-                        pass
             out.append(json.dumps(nb).encode())
     return out
 
@@ -281,11 +281,11 @@ def test_ids_come_from_the_name_alone_and_never_collide() -> None:
     names = ["dan.ipynb", "dan!.ipynb", "Dan.ipynb", "dan.IPYNB", "dan.zip", "dan.ZIP", "dan", f"{LAB}-dan",
              "dan .ipynb", "dan_.ipynb", "@dan.ipynb", "=dan.ipynb", "dan~1.ipynb", "ivy.ipynb", "ivy.zip"]
     ids = [intake.student_id(n, LAB) for n in names]
-    assert len(set(ids)) == len(names), dict(zip(names, ids))
+    assert len(set(ids)) == len(names), dict(zip(names, ids, strict=False))
     assert ids[0] == "dan" and ids[names.index("ivy.ipynb")] == "ivy"
     assert all(i.startswith(("dan", "ivy")) for i in ids), ids
     assert len({i.lower() for i in ids}) == len(ids)                          # case-insensitive disks too
-    assert all(intake.student_id(n, LAB) == i for n, i in zip(names, ids))     # stable
+    assert all(intake.student_id(n, LAB) == i for n, i in zip(names, ids, strict=False))     # stable
     assert all(not i.startswith(("=", "+", "-", "@", ".")) for i in ids)
 
 
@@ -448,10 +448,8 @@ def _tree(pid: int) -> dict[int, float]:
         return {}
     out = {}
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             out[p.pid] = p.create_time()
-        except psutil.Error:
-            pass
     return out
 
 

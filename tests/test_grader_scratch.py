@@ -113,6 +113,6 @@ def test_sandbox_user_ids_are_claimed_in_a_machine_wide_root_only_folder() -> No
 
 def test_spawned_children_of_other_programs_do_not_adopt_a_stale_variable(tmp_path: Path) -> None:
     env_value = f"{os.getppid()}:{tmp_path}"
-    code = ("import os; os.environ[%r] = %r\n" % (scratch.SCRATCH_ENV, env_value)) + SHOW.replace("; ", "\n")
+    code = (f"import os; os.environ[{scratch.SCRATCH_ENV!r}] = {env_value!r}\n") + SHOW.replace("; ", "\n")
     path = _python(code, tmp_path).split()[0]
     assert path != str(tmp_path) and mp.parent_process() is None

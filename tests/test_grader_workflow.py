@@ -45,12 +45,12 @@ def course_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     nbformat.write(partial, subs / "dan.ipynb")
     # both shards at once on one machine, as a Slurm array or two runners would: each run has its
     # own scratch folder, and as root they claim sandbox user ids from one machine-wide lock folder
-    logs = [open(root / f"shard{i}.log", "w+") for i in (1, 2)]
+    logs = [open(root / f"shard{i}.log", "w+") for i in (1, 2)]  # noqa: SIM115 (the shards write them)
     shards = [subprocess.Popen([sys.executable, "-m", "autograder.cli", "--root", str(root), "grade", LAB, str(subs),
                                 "--shard", f"{i}/2", "--results", str(root / f"shard{i}"), "--device", "cpu",
                                 "--workers", "1"], cwd=root, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                               stdout=log, stderr=subprocess.STDOUT) for i, log in zip((1, 2), logs)]
-    for i, (shard, log) in enumerate(zip(shards, logs), 1):
+                               stdout=log, stderr=subprocess.STDOUT) for i, log in zip((1, 2), logs, strict=False)]
+    for i, (shard, log) in enumerate(zip(shards, logs, strict=False), 1):
         shard.wait(timeout=600)
         log.seek(0)
         assert shard.returncode == 0, f"shard {i}/2:\n{log.read()[-4000:]}"
@@ -85,8 +85,9 @@ def test_gradebook_holds_the_auto_scores(course_root: Path) -> None:
 def test_feedback_shows_scores_but_never_hidden_tests(course_root: Path) -> None:
     lab = course.load_lab(LAB, course_root)
     secrets = check.secret_lines(lab)
-    hidden = {line for line in secrets if any(line in check._regions(c.source, notebook.HIDDEN_BEGIN, notebook.HIDDEN_END)
-                                              for c in lab.source.cells)}
+    hidden = {line for line in secrets
+              if any(line in check._regions(c.source, notebook.HIDDEN_BEGIN, notebook.HIDDEN_END)
+                     for c in lab.source.cells)}
     page = (course_root / "feedback" / "ann" / LAB / f"{LAB}.html").read_text()
     assert "20" in page and "passed" in page
     assert "hidden tests (not shown)" in page

@@ -48,10 +48,7 @@ def test_class_priors_per_split_follow_the_table(flag, made):
     for split in standin.SPLITS:
         labels = made[flag][f"{split}_labels"]
         want = standin.priors(flag, split)
-        if flag == "chestmnist":
-            got = labels.mean(0)
-        else:
-            got = np.bincount(labels[:, 0], minlength=len(want)) / len(labels)
+        got = labels.mean(0) if flag == "chestmnist" else np.bincount(labels[:, 0], minlength=len(want)) / len(labels)
         if flag == "chestmnist":  # independent draws: binomial tolerance
             tolerance = 4 * np.sqrt(want * (1 - want) / len(labels)) + 1 / len(labels)
         else:  # exact counts up to rounding

@@ -11,7 +11,6 @@ import matplotlib
 matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dlmi import display, widgets as W  # noqa: E402
@@ -51,7 +50,8 @@ def test_built_page_gets_a_frame_for_every_grid_value(monkeypatch):
     assert page.count("<label for=") == 2 and "kind of thing" in page
     assert f'data-key="{ex.default_key}"' in page
     min_width = int(re.search(r'style="min-width: (\d+)px"', page).group(1))
-    assert min_width * ex.text_px / ex.width >= 7.99, "a narrow screen scrolls the frame, never shrinks its text below 8 px"
+    assert min_width * ex.text_px / ex.width >= 7.99, \
+        "a narrow screen scrolls the frame, never shrinks its text below 8 px"
 
 
 def test_grid_respects_the_frame_budget():

@@ -33,9 +33,10 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -48,7 +49,7 @@ CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 GPU_LABELS = ["self-hosted", "linux", "gpu"]
 EXPR = re.compile(r"\$\{\{.*?\}\}", re.S)
 SEPARATORS = {";", "&&", "||", "|", "&", "(", ")", "{", "}", "!", "then", "do", "else", "elif", "if",
-              "while", "until", "time", "!"}
+              "while", "until", "time"}
 PREFIXES = {"sudo", "env", "exec", "nice", "timeout", "xargs"}
 FILE_SUFFIXES = {".py", ".yml", ".yaml", ".toml", ".md", ".txt", ".sh", ".ipynb", ".cfg", ".json", ".ini"}
 
@@ -63,7 +64,7 @@ def load(path: Path) -> dict[str, Any]:
     return data
 
 
-@lru_cache(maxsize=None)
+@cache
 def _loaded(name: str) -> dict[str, Any]:
     return load(WORKFLOW_DIR / name)
 
@@ -113,7 +114,8 @@ def github_env_writes(job: dict) -> dict[str, str]:
     """Variables a job's steps write to $GITHUB_ENV (``echo "NAME=value" >> "$GITHUB_ENV"``)."""
     found: dict[str, str] = {}
     for step in steps(job):
-        for match in re.finditer(r'echo\s+"?([A-Z_][A-Z0-9_]*)=([^"\s]*)"?\s*>>\s*"?\$GITHUB_ENV', str(step.get("run", ""))):
+        for match in re.finditer(r'echo\s+"?([A-Z_][A-Z0-9_]*)=([^"\s]*)"?\s*>>\s*"?\$GITHUB_ENV',
+                                 str(step.get("run", ""))):
             found[match.group(1)] = match.group(2)
     return found
 
@@ -216,7 +218,7 @@ def grader_calls_in_makefile() -> list[tuple[str, list[str]]]:
             for args in invocations(line.replace("$(BIN)/", ".venv/bin/"), "dlmi-grader")]
 
 
-@lru_cache(maxsize=None)
+@cache
 def grader_parser():
     """The real CLI's argparse parser (from autograder.cli), or None if it is not importable."""
     spec = importlib.util.find_spec("autograder.cli")
@@ -389,13 +391,14 @@ def student_code_problems(wf: dict) -> list[str]:
         return problems
     if "pull_request_target" in triggers(wf):
         problems.append("a grading workflow must not run on pull_request_target")
-    top = wf.get("permissions", None)
+    top = wf.get("permissions")
     if top is None or (isinstance(top, str) and top != "read-all") or (
             isinstance(top, dict) and any(v != "read" and v != "none" for v in top.values())):
         problems.append(f"workflow-level permissions must be {{}} or read-only, not {top!r}")
     for job_id, job in graders.items():
         if job.get("permissions") != {"contents": "read"}:
-            problems.append(f"job {job_id}: permissions must be exactly {{contents: read}}, not {job.get('permissions')!r}")
+            problems.append(f"job {job_id}: permissions must be exactly {{contents: read}}, "
+                            f"not {job.get('permissions')!r}")
         dumped = json.dumps(job)
         for needle in ("secrets.", "secrets:", "github.token", "GITHUB_TOKEN", "ACTIONS_RUNTIME_TOKEN"):
             if needle in dumped:
@@ -427,10 +430,7 @@ def runner_problems(wf: dict) -> list[str]:
         runs_on = job.get("runs-on")
         text = json.dumps(runs_on)
         labels = re.search(r"'(\[[^']*\])'\s*\)", str(runs_on))  # the fromJSON('[...]') default
-        if isinstance(runs_on, list):
-            got = runs_on
-        else:
-            got = json.loads(labels.group(1)) if labels else []
+        got = runs_on if isinstance(runs_on, list) else json.loads(labels.group(1)) if labels else []
         if got != GPU_LABELS:
             problems.append(f"job {job_id}: runs-on must select {GPU_LABELS}, got {runs_on!r}")
         used = re.findall(r"inputs\.([A-Za-z0-9_-]+)", text)
@@ -451,7 +451,8 @@ def injection_problems(wf: dict) -> list[str]:
     for job_id, _, step, script in scripts(wf):
         for expr in EXPR.findall(script):
             if re.search(r"\b(inputs|github\.event|github\.head_ref)\b", expr):
-                problems.append(f"job {job_id}, step {step.get('name')!r}: {expr} is pasted into a script; pass it via env")
+                problems.append(f"job {job_id}, step {step.get('name')!r}: {expr} is pasted into a script; "
+                                "pass it via env")
     return problems
 
 
@@ -466,7 +467,8 @@ def cpu_torch_problems(wf: dict) -> list[str]:
             continue
         for step in installs:
             env = effective_env(wf, job, step)
-            if env.get("PIP_EXTRA_INDEX_URL") != CPU_INDEX and github_env_writes(job).get("PIP_EXTRA_INDEX_URL") != CPU_INDEX:
+            if (env.get("PIP_EXTRA_INDEX_URL") != CPU_INDEX
+                    and github_env_writes(job).get("PIP_EXTRA_INDEX_URL") != CPU_INDEX):
                 problems.append(f"job {job_id}: installs the course without PIP_EXTRA_INDEX_URL={CPU_INDEX} "
                                 "(PyPI's Linux torch is the multi-GB CUDA build)")
     return problems
@@ -518,7 +520,8 @@ PUBLISH_ACTIONS = {"actions/upload-pages-artifact", "actions/deploy-pages"}
 def cache_uses(job: dict) -> list[str]:
     """The steps of a job that restore or save a cache (cache actions, setup-python's ``cache:``)."""
     return [uses(s) for s in steps(job)
-            if action(s) in CACHE_ACTIONS or (action(s).startswith("actions/setup-") and "cache" in (s.get("with") or {}))]
+            if action(s) in CACHE_ACTIONS
+            or (action(s).startswith("actions/setup-") and "cache" in (s.get("with") or {}))]
 
 
 def trusted_output_jobs(wf: dict) -> dict[str, str]:
@@ -701,7 +704,8 @@ def test_grader_help_lists_the_subcommands() -> None:
 
 def test_shell_reader_finds_calls() -> None:
     script = ('as_root=(sudo env "PATH=$PATH")\n'
-              '"${as_root[@]}" .venv/bin/dlmi-grader grade "$LAB" "$RUNNER_TEMP/s" \\\n  --shard "${{ matrix.shard }}/4"\n'
+              '"${as_root[@]}" .venv/bin/dlmi-grader grade "$LAB" "$RUNNER_TEMP/s" \\\n'
+              '  --shard "${{ matrix.shard }}/4"\n'
               'echo "run make labs first"  # not a call\n'
               'cd x && make venv labs || exit 1\n')
     assert invocations(script, "dlmi-grader") == [["grade", "$LAB", "$RUNNER_TEMP/s", "--shard", "${GHA_EXPR}/4"]]
@@ -784,7 +788,8 @@ def test_cache_check_can_fail(breakage: str) -> None:
     restore = {"uses": "actions/cache/restore@v4", "with": {"path": "x", "key": "y"}}
     if breakage == "pages":
         wf = publish_workflow()
-        next(j for j in wf["jobs"].values() if any(action(s) in PUBLISH_ACTIONS for s in steps(j)))["steps"].insert(0, pip_cache)
+        publish = next(j for j in wf["jobs"].values() if any(action(s) in PUBLISH_ACTIONS for s in steps(j)))
+        publish["steps"].insert(0, pip_cache)
     elif breakage == "release-tag":
         wf = {"on": {"push": {"tags": ["v*"]}}, "jobs": {"build": {"steps": [pip_cache, {"run": "make labs"}]}}}
     else:
@@ -902,7 +907,8 @@ def test_release_workflow_releases_checks_and_attaches() -> None:
     assert {"labs", "check"} <= targets, targets
     recipes = (ROOT / "Makefile").read_text()
     assert "dlmi-grader release" in recipes and "dlmi-grader check" in recipes
-    leak_checks = [a for _, _, _, s in scripts(wf) for a in invocations(s, "python3") if a and a[0].endswith("check_release.py")]
+    leak_checks = [a for _, _, _, s in scripts(wf) for a in invocations(s, "python3")
+                   if a and a[0].endswith("check_release.py")]
     assert any("labs" in a for a in leak_checks) and any(a[-1].endswith(".zip") for a in leak_checks), leak_checks
     writers = {j for j, job in wf["jobs"].items() if "write" in json.dumps(job.get("permissions", {}))}
     assert writers and all("gh release" in json.dumps(wf["jobs"][j]) for j in writers)

@@ -6,7 +6,8 @@
   that carry a description); that description becomes the figure's alt text, and a figure
   that a narrow column would shrink below legibility keeps a minimum width and scrolls.
 * Self-hosted assets: MathJax 3, require.js and the Jupyter widget manager are served from
-  ``_assets/vendor``, served as ``_static/vendor`` (copied from pinned npm packages by ``make assets``); ``dlmi-offline.js`` gives
+  ``_assets/vendor``, served as ``_static/vendor`` (copied from pinned npm packages by
+  ``make assets``); ``dlmi-offline.js`` gives
   the widget manager the MathJax 2 ``Hub.Queue`` it still calls and its fonts' folder; sphinx-thebe's unused
   scripts (declared twice: a SyntaxError on every page) are dropped.
 * Launch buttons: the repository, branch, Pages and JupyterHub URLs can be injected by

@@ -2,7 +2,8 @@
 
 ``python book/_ext/notebooks.py`` writes ``notebooks/<chapter>.ipynb`` from ``book/<chapter>.md``
 (jupytext, no outputs) with a first cell that installs the course library where it is missing
-(Colab): the light install, without extras, that keeps the torch and torchvision already there. ``--check`` only says whether the committed notebooks are up to date (exit 1 if not).
+(Colab): the light install, without extras, that keeps the torch and torchvision already there.
+``--check`` only says whether the committed notebooks are up to date (exit 1 if not).
 The repository URL comes from ``DLMI_REPOSITORY_URL`` or ``book/_config.yml``.
 """
 from __future__ import annotations

@@ -66,7 +66,7 @@ class SyntheticCells(Dataset):
         image = 0.15 + 0.1 * np.sin(np.linspace(0, rng.uniform(1, 4), s))[None, :] * np.ones((s, 1))
         semantic = np.zeros((s, s), dtype=np.int64)
         instance = np.zeros((len(masks), s, s), dtype=bool)
-        for i, (m, kind) in enumerate(zip(masks, labels)):
+        for i, (m, kind) in enumerate(zip(masks, labels, strict=False)):
             visible = m & (semantic == 0)  # earlier cells stay on top
             instance[i] = visible
             semantic[visible] = kind
@@ -101,5 +101,5 @@ class SyntheticCells(Dataset):
 
 def collate_detection(batch: list) -> tuple[list, list]:
     """Collate for detection models: lists of images and of target dicts."""
-    images, targets = zip(*batch)
+    images, targets = zip(*batch, strict=False)
     return list(images), list(targets)

@@ -6,7 +6,7 @@ Every function here is checked against ``torch.nn.functional`` in ``tests/test_c
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -187,6 +187,7 @@ def empirical_receptive_field(model: nn.Module, channels: int = 1, size: int = 6
     x = torch.zeros(1, channels, size, size, requires_grad=True)
     y = model(x)
     y[0, :, y.shape[2] // 2, y.shape[3] // 2].sum().backward()
+    assert x.grad is not None  # x requires grad and reached y
     cols = torch.nonzero(x.grad.abs().sum(dim=(0, 1, 2)) > 0)
     if len(cols) and (cols.min() == 0 or cols.max() == size - 1):
         raise ValueError(f"receptive field reaches the border of a {size}-pixel input; use a larger size")

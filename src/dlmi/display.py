@@ -7,6 +7,7 @@ import io
 import re
 import sys
 import textwrap
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ MIN_TEXT_PX = 8.0
 #: at 8 px in the column. Wider figures are scaled to this width (fonts keep their size).
 MAX_WIDTH_IN = 9.6
 
-HOUSE_RC: dict[str, object] = {
+HOUSE_RC: dict[str, Any] = {
     "figure.dpi": 100,
     "savefig.dpi": 100,
     "font.size": 10,
@@ -131,7 +132,7 @@ def house_style() -> None:
     import matplotlib.pyplot as plt
 
     plt.close(plt.figure())       # loads the backend now: the inline one registers its formats
-    matplotlib.rcParams.update(HOUSE_RC)
+    matplotlib.rcParams.update(HOUSE_RC)  # type: ignore[arg-type]  # the stub takes only literal rc keys
     try:
         from IPython import get_ipython
     except ImportError:
@@ -191,7 +192,7 @@ class StandinNotice:
             "the real images.",
             "Real " + "; real ".join(
                 f"{n} images are {REAL_LOOK.get(f, 'described in medmnist.INFO')}"
-                for f, n in zip(self.flags, names)) + f", at {self.size}×{self.size} pixels.",
+                for f, n in zip(self.flags, names, strict=False)) + f", at {self.size}×{self.size} pixels.",
             "Fetch the real files with `dlmi-data fetch` (see Setup) and run the page again.",
         ]
         return title, body

@@ -109,7 +109,7 @@ class InceptionModule(nn.Module):
                                          _conv_relu(c3_reduce, c3, 3))
             self.branch5 = nn.Sequential(_conv_relu(c_in, c5_reduce, 1),
                                          _conv_relu(c5_reduce, c5, 5))
-            self.branch_pool = nn.Sequential(nn.MaxPool2d(3, 1, 1),
+            self.branch_pool: nn.Module = nn.Sequential(nn.MaxPool2d(3, 1, 1),
                                              _conv_relu(c_in, pool_proj, 1))
         else:
             self.branch3 = _conv_relu(c_in, c3, 3)
@@ -234,7 +234,8 @@ def _layer_macs(module: nn.Module, inp: torch.Tensor,
     return 0
 
 
-def layer_table(model: nn.Module, input_size: tuple[int, ...], device: str | torch.device = "cpu") -> list[dict[str, Any]]:
+def layer_table(model: nn.Module, input_size: tuple[int, ...],
+                device: str | torch.device = "cpu") -> list[dict[str, Any]]:
     """One row per leaf module in call order: name, type, output shape, parameters, MACs
     (for a batch of one ``input_size`` = (C, H, W) input)."""
     rows: list[dict[str, Any]] = []
@@ -281,7 +282,8 @@ def depth(model: nn.Module) -> int:
     return max(longest.values(), default=0)
 
 
-def summary(models: dict[str, nn.Module], input_size: tuple[int, ...], device: str | torch.device = "cpu") -> list[dict[str, Any]]:
+def summary(models: dict[str, nn.Module], input_size: tuple[int, ...],
+            device: str | torch.device = "cpu") -> list[dict[str, Any]]:
     """Rows ``{model, params, MACs, depth}`` for a table comparing several models."""
     return [{"model": name, "params": count_params(m), "MACs": count_macs(m, input_size, device),
              "depth": depth(m)} for name, m in models.items()]

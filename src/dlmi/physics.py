@@ -6,7 +6,7 @@ physics without hiding it. Conventions follow scikit-image: a sinogram is
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy.ndimage import uniform_filter
@@ -73,7 +73,7 @@ def backproject(sino: np.ndarray, theta: np.ndarray, size: int | None = None) ->
     det = np.arange(-1, sino.shape[0] + 1) - sino.shape[0] // 2
     sino = np.pad(sino, ((1, 1), (0, 0)))  # the detector is zero beyond its ends
     image = np.zeros((size, size))
-    for col, angle in zip(sino.T, np.deg2rad(theta)):
+    for col, angle in zip(sino.T, np.deg2rad(theta), strict=False):
         t = ypr * np.cos(angle) - xpr * np.sin(angle)  # detector coordinate of each pixel
         image += np.interp(t, det, col, left=0, right=0)
     image[xpr**2 + ypr**2 > radius**2] = 0
@@ -174,7 +174,8 @@ def local_mean_std(image: np.ndarray, size: int = 7) -> tuple[np.ndarray, np.nda
     return mean, np.sqrt(var)
 
 
-def std_vs_mean(image: np.ndarray, size: int = 7, bins: int = 8, min_mean: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def std_vs_mean(image: np.ndarray, size: int = 7, bins: int = 8,
+                min_mean: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Average local standard deviation in ``bins`` quantile bins of the local mean (above
     ``min_mean``): flat for additive noise, a rising line for multiplicative noise."""
     mean, std = local_mean_std(image, size)

@@ -5,8 +5,12 @@ Each accessor returns a NumPy array and names its source in :data:`SOURCES`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pydicom
 
 SOURCES: dict[str, str] = {
     "ct_small": "CT slice, pydicom test file CT_small.dcm (128×128, 0.66 mm pixels)",
@@ -19,13 +23,13 @@ SOURCES: dict[str, str] = {
 }
 
 
-def _dicom(name: str):
+def read_dicom(name: str) -> pydicom.Dataset:
     """Read one of pydicom's bundled test files (raises if it is not bundled locally)."""
     import pydicom
     from pydicom.data import get_testdata_file
 
     path = get_testdata_file(name)
-    if path is None:
+    if not isinstance(path, str):
         raise FileNotFoundError(f"pydicom's test file {name} is not installed; reinstall pydicom.")
     return pydicom.dcmread(path)
 
@@ -39,17 +43,17 @@ def to_hu(ds) -> np.ndarray:
 
 def ct_small() -> np.ndarray:
     """A real CT slice in Hounsfield units, float32 (128, 128)."""
-    return to_hu(_dicom("CT_small.dcm"))
+    return to_hu(read_dicom("CT_small.dcm"))
 
 
 def ct_pixel_spacing() -> tuple[float, float]:
     """Row and column spacing of :func:`ct_small` in millimetres."""
-    return tuple(float(s) for s in _dicom("CT_small.dcm").PixelSpacing)  # type: ignore[return-value]
+    return tuple(float(s) for s in read_dicom("CT_small.dcm").PixelSpacing)  # type: ignore[return-value]
 
 
 def mr_small() -> np.ndarray:
     """A real MR slice, float32 (64, 64), scanner units."""
-    return _dicom("MR_small.dcm").pixel_array.astype(np.float32)
+    return read_dicom("MR_small.dcm").pixel_array.astype(np.float32)
 
 
 def ultrasound_cine() -> np.ndarray:
@@ -57,7 +61,7 @@ def ultrasound_cine() -> np.ndarray:
 
     The file is stored as YBR_FULL_422; pydicom converts it to RGB when decoding.
     """
-    return _dicom("examples_ybr_color.dcm").pixel_array
+    return read_dicom("examples_ybr_color.dcm").pixel_array
 
 
 def shepp_logan(size: int = 256) -> np.ndarray:
@@ -87,4 +91,5 @@ def brain_epi() -> np.ndarray:
     import nibabel as nib
     from nibabel.testing import data_path
 
-    return np.asarray(nib.load(Path(data_path) / "example4d.nii.gz").dataobj, dtype=np.float32)
+    image = nib.load(Path(str(data_path)) / "example4d.nii.gz")
+    return np.asarray(image.dataobj, dtype=np.float32)  # type: ignore[attr-defined]  # load() is typed as the base class

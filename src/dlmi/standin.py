@@ -19,8 +19,8 @@ Images are uint8, channels-last, exactly like the real files.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Callable
+from functools import cache
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -105,7 +105,7 @@ def _norm(a: np.ndarray, lo: float = 1, hi: float = 99) -> np.ndarray:
     return ((a - p) / (q - p + 1e-6)).clip(0, 1).astype(np.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _texture(name: str) -> np.ndarray:
     """A decoded source image as float32 (frames, H, W, C) in about [0, 1], read once."""
     if name in ("stain", "retina"):
@@ -115,12 +115,11 @@ def _texture(name: str) -> np.ndarray:
             return fundus.astype(np.float32)[None]
         hed = color.rgb2hed(data.immunohistochemistry())
         return np.stack([_norm(hed[..., 0]), _norm(hed[..., 2])], -1)[None]  # H, DAB → "E"
-    import pydicom
-    from pydicom.data import get_testdata_file
+    from .samples import read_dicom
     if name == "us":
-        frames = pydicom.dcmread(get_testdata_file("examples_ybr_color.dcm")).pixel_array
+        frames = read_dicom("examples_ybr_color.dcm").pixel_array
         return _norm(frames[:, 60:200, 110:230].mean(-1), 0, 99.5)[..., None]
-    raw = pydicom.dcmread(get_testdata_file(f"{name.upper()}_small.dcm")).pixel_array
+    raw = read_dicom(f"{name.upper()}_small.dcm").pixel_array
     if name == "ct":  # soft-tissue window -160..240 HU (intercept -1024)
         return ((raw.astype(np.float32) - 1024 + 160) / 400).clip(0, 1)[None, ..., None]
     return _norm(raw.astype(np.float32))[None, ..., None]
@@ -178,23 +177,23 @@ def _blob(rng: np.random.Generator, size: int, cx: ArrayLike, cy: ArrayLike, r: 
     """Soft masks (n, size, size) in [0, 1] of ellipses (``aspect`` = width / height) at a random
     angle whose outline wobbles by ``irregular`` (harmonics 2-5 of random phase)."""
     n = len(np.atleast_1d(r))
-    cx, cy, r, aspect, irregular = (_col(a, n) for a in (cx, cy, r, aspect, irregular))
+    cx_, cy_, r_, aspect_, irregular_ = (_col(a, n) for a in (cx, cy, r, aspect, irregular))
     x, y = _grid(size)
     th = _col(rng.uniform(-0.4, 0.4, n), n)
-    u = ((x - cx) * np.cos(th) + (y - cy) * np.sin(th)) / np.sqrt(aspect)
-    v = (-(x - cx) * np.sin(th) + (y - cy) * np.cos(th)) * np.sqrt(aspect)
+    u = ((x - cx_) * np.cos(th) + (y - cy_) * np.sin(th)) / np.sqrt(aspect_)
+    v = (-(x - cx_) * np.sin(th) + (y - cy_) * np.cos(th)) * np.sqrt(aspect_)
     rho = np.sqrt(u**2 + v**2)
     wobble = rng.normal(0, 1, (4, n, 1, 1)) / np.arange(2, 6).reshape(4, 1, 1, 1)
-    coef = (irregular * wobble * np.exp(3j * rng.normal(0, 1, (4, n, 1, 1)))).astype(np.complex64)
+    coef = (irregular_ * wobble * np.exp(3j * rng.normal(0, 1, (4, n, 1, 1)))).astype(np.complex64)
     edge = np.ones_like(rho)
-    if np.any(irregular):  # sum of harmonics 2-5: Re(c_k e^{ik phi}), e^{i phi} = (u + iv) / rho
+    if np.any(irregular_):  # sum of harmonics 2-5: Re(c_k e^{ik phi}), e^{i phi} = (u + iv) / rho
         turn = (u + 1j * v) / (rho + 1e-6)
         power = turn * turn
         for c in coef:
             edge += (c * power).real
             power *= turn
-    r = np.maximum(r, 0.02)
-    return 0.5 + 0.5 * np.tanh((r * edge.clip(0.3) - rho) / (soft * r + 1.5 / size))
+    r_ = np.maximum(r_, 0.02)
+    return 0.5 + 0.5 * np.tanh((r_ * edge.clip(0.3) - rho) / (soft * r_ + 1.5 / size))
 
 
 def _spots(rng: np.random.Generator, size: int, counts: np.ndarray, r: float,
@@ -248,23 +247,25 @@ def _xray(rng: np.random.Generator, app: np.ndarray, size: int, flag: str) -> np
         opacity = _blob(rng, size, x0 + side, rng.uniform(-0.2, 0.35, n), radius, 0.7, 0.4, soft=0.6)
         img += np.abs(amp)[:, None, None] * opacity * lungs
     else:
-        for k, (where, r, aspect, amp) in enumerate(_CHEST_FINDINGS):
+        for k, (where, r_find, aspect, change) in enumerate(_CHEST_FINDINGS):
             on = app[:, k] == 1
             if not on.any():
                 continue
             m = int(on.sum())
             side = np.where(rng.random(m) < 0.5, -0.42, 0.42) * s[on]
-            cx, cy = {"lung": (x0[on] + side, rng.uniform(-0.3, 0.3, m)),
-                      "base": (x0[on] + side, 0.45), "apex": (x0[on] + side, -0.5),
-                      "heart": (x0[on] + 0.12, 0.35), "hilum": (x0[on] + 0.5 * side, 0.05),
-                      "low": (x0[on], 0.75)}[where]
-            mask = _blob(rng, size, cx, cy, r * rng.uniform(0.7, 1.3, m), aspect, 0.3, soft=0.5)
-            img[on] += amp * rng.uniform(0.5, 1.2, (m, 1, 1)) * mask
+            centres: dict[str, tuple[ArrayLike, ArrayLike]] = {
+                "lung": (x0[on] + side, rng.uniform(-0.3, 0.3, m)),
+                "base": (x0[on] + side, 0.45), "apex": (x0[on] + side, -0.5),
+                "heart": (x0[on] + 0.12, 0.35), "hilum": (x0[on] + 0.5 * side, 0.05),
+                "low": (x0[on], 0.75)}
+            cx, cy = centres[where]
+            mask = _blob(rng, size, cx, cy, r_find * rng.uniform(0.7, 1.3, m), aspect, 0.3, soft=0.5)
+            img[on] += change * rng.uniform(0.5, 1.2, (m, 1, 1)) * mask
     return img[..., None]
 
 
 # ChestX-ray14 findings: (where, radius, width/height, intensity change).
-_CHEST_FINDINGS = (
+_CHEST_FINDINGS: tuple[tuple[str, float, float, float], ...] = (
     ("base", 0.22, 2.0, 0.15),   # atelectasis
     ("heart", 0.42, 1.3, 0.18),  # cardiomegaly
     ("base", 0.3, 1.6, 0.22),    # effusion
@@ -385,10 +386,8 @@ def _pathology(rng: np.random.Generator, app: np.ndarray, size: int, flag: str) 
     fibre stretch, magnification, nuclei), greyscale for TissueMNIST's kidney cells."""
     n = len(app)
     cls = app[:, 0]
-    if flag == "tissuemnist":  # eight kidney cell types from one table
-        table = _TISSUE_CLASSES[[3, 6, 2, 7, 8, 0, 5, 4]]
-    else:
-        table = _TISSUE_CLASSES
+    # tissuemnist: eight kidney cell types from one table
+    table = _TISSUE_CLASSES[[3, 6, 2, 7, 8, 0, 5, 4]] if flag == "tissuemnist" else _TISSUE_CLASSES
     sd = np.array([0.18, 0.18, 0.1, 0.4, 12, 1.5])
     h, e, white, stretch, fov, dots = _params(rng, table, cls, sd)
     tex = _crop(rng, "stain", n, size, fov.clip(20, 200), stretch.clip(1, 4))

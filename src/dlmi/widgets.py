@@ -18,7 +18,8 @@ import math
 import os
 import time
 import uuid
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 from unittest import mock
 
 import ipywidgets as widgets
@@ -177,14 +178,15 @@ def frame_key(values: Sequence[int]) -> str:
 
 
 def _figure_text(fig: plt.Figure) -> str:
-    parts = [fig._suptitle.get_text()] if getattr(fig, "_suptitle", None) else []
+    title = getattr(fig, "_suptitle", None)
+    parts = [title.get_text()] if title else []
     parts += [ax.get_title() for ax in fig.axes if ax.get_title()]
     return "; ".join(p.replace("\n", " ") for p in parts)
 
 
-def render_frame(show: Callable[..., None], values: dict[str, Any]) -> tuple[bytes, str]:
-    """Draw ``show(**values)`` off screen: (WebP bytes of its last figure, its panel titles).
-    The smallest text of the figure, in pixels of the frame, is kept in ``render_frame.text_px``."""
+def render_frame(show: Callable[..., None], values: dict[str, Any]) -> tuple[bytes, str, float]:
+    """Draw ``show(**values)`` off screen: (WebP bytes of its last figure, its panel titles, the
+    size of its smallest text in pixels of the frame)."""
     plt.close("all")
     printed = io.StringIO()
     with mock.patch.object(plt, "show", lambda *a, **k: None), contextlib.redirect_stdout(printed):
@@ -201,12 +203,12 @@ def render_frame(show: Callable[..., None], values: dict[str, Any]) -> tuple[byt
     fig.draw_without_rendering()
     points = smallest_text_px(fig) * 72.0 / fig.dpi
     dpi = min(120, max(FRAME_DPI, math.ceil(8.0 * 72.0 / points)))   # small labels: finer frame
-    render_frame.text_px = points * dpi / 72.0
+    text_px = points * dpi / 72.0
     buf = io.BytesIO()
     fig.savefig(buf, format="webp", dpi=dpi, bbox_inches="tight",
                 pil_kwargs={"quality": FRAME_QUALITY, "method": 4})
     plt.close("all")
-    return buf.getvalue(), text
+    return buf.getvalue(), text, text_px
 
 
 class StaticExplorer:
@@ -222,9 +224,8 @@ class StaticExplorer:
         self.controls = [control_of(name, w) for name, w in controls.items()]
         defaults = {c.name: c.default for c in self.controls}
         start = time.perf_counter()
-        first, first_text = render_frame(show, defaults)
+        first, first_text, self.text_px = render_frame(show, defaults)
         seconds = max(time.perf_counter() - start, 1e-3)
-        self.text_px = getattr(render_frame, "text_px", 10.0)
         from PIL import Image
 
         with Image.open(io.BytesIO(first)) as image:
@@ -236,17 +237,17 @@ class StaticExplorer:
         self.alts: dict[str, str] = {}
         for combo in itertools.product(*(c.grid for c in self.controls)):
             key = frame_key(combo)
-            values = {c.name: c.values[i] for c, i in zip(self.controls, combo)}
-            if all(i == c.index for c, i in zip(self.controls, combo)):
+            values = {c.name: c.values[i] for c, i in zip(self.controls, combo, strict=False)}
+            if all(i == c.index for c, i in zip(self.controls, combo, strict=False)):
                 data, text = first, first_text
             else:
-                data, text = render_frame(show, values)
+                data, text, _ = render_frame(show, values)
             self.frames[key] = "data:image/webp;base64," + base64.b64encode(data).decode()
             self.alts[key] = self._alt(text, combo)
 
     def _alt(self, text: str, combo: Sequence[int]) -> str:
         settings = ", ".join(f"{c.label} {_show_value(c.values[i])}"
-                             for c, i in zip(self.controls, combo) if not c.fixed)
+                             for c, i in zip(self.controls, combo, strict=False) if not c.fixed)
         return f"Explorer figure for {settings}" + (f": {text}" if text else "")
 
     @property
