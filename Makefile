@@ -16,7 +16,7 @@ BOOK_SRC := $(shell find $(BOOK_DIR) -maxdepth 1 -type f \( -name '*.md' -o -nam
             $(shell find src/dlmi -name '*.py')
 LAB_SRC := $(shell find solutions autograder -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
-.PHONY: all venv assets notebooks data rehearse book labs check lint test test-grader bench bench-gpu bench-recipes clean
+.PHONY: all venv assets notebooks data rehearse book labs check lint test test-install test-grader bench bench-gpu bench-recipes clean
 all: venv book labs
 
 # The course with every extra at the exact versions of constraints.txt (pyproject.toml has only
@@ -91,8 +91,15 @@ lint: venv
 # In parallel: one pytest worker per core; tests that share an expensive fixture (a graded class)
 # stay on one worker (tests/conftest.py). TEST_JOBS=0 runs them one after the other.
 TEST_JOBS ?= auto
+# Two long runs are left to their own targets, which CI runs too: the wrong hand-ins' partial
+# credit (a class graded per lab: `make test-grader`) and a real pip install (`make test-install`).
+LONG_TESTS := tests/test_grader_credit.py tests/test_install.py
 test: lint book labs
-	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadgroup $(addprefix --ignore=,$(LONG_TESTS))
+
+# Installing the course the student's way into a fresh venv that already has another torch.
+test-install: venv
+	$(BIN)/python -m pytest -p no:cacheprovider tests/test_install.py
 
 # The tests whose expectations depend on privilege (every grader test: sandbox levels, scratch,
 # rules, integrity, intake, outputs, check, workflow), alone: CI runs them again as root
