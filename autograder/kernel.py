@@ -398,13 +398,15 @@ def claim_uid(folder: Path) -> tuple[int, IO[str]]:
 FRESH_UID_BASE, UID_SPAN = 200_000, 100_000  # one sandbox user id per hand-in: 200000 .. 299999
 
 
-def claim_fresh_uid(lock_dir: Path, used_dir: Path) -> tuple[int, IO[str]]:
+def claim_fresh_uid(lock_dir: Path, used_dir: Path, first: int = FRESH_UID_BASE) -> tuple[int, IO[str]]:
     """A sandbox user id for one hand-in: never used before in this grading run (a marker in
     ``used_dir``, shared by the run's workers) and used by no other grader now (a lock in
-    ``lock_dir``). Returns (uid, lock held while open). Nothing a hand-in leaves behind that belongs
-    to its user id (a keyring, a file in a shared folder) can be read by the next one."""
+    ``lock_dir``, which must be the machine's :func:`autograder.scratch.uid_lock_dir`: as root the
+    claimed id's processes are killed). Returns (uid, lock held while open). Nothing a hand-in
+    leaves behind that belongs to its user id (a keyring, a file in a shared folder) can be read by
+    the next one. ``first`` is the lowest id to try."""
     used_dir.mkdir(mode=0o700, exist_ok=True)
-    for uid in range(FRESH_UID_BASE, FRESH_UID_BASE + UID_SPAN):
+    for uid in range(first, FRESH_UID_BASE + UID_SPAN):
         try:
             os.close(os.open(used_dir / str(uid), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         except FileExistsError:
